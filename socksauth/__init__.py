@@ -1,0 +1,5 @@
+"""socksauth: an authenticated, audited SOCKS5 proxy server."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The SQL store. Upper layers import ``socksauth.store.interfaces`` only."""
