@@ -13,7 +13,7 @@ class ReceiveBuffer:
     parses to the same event as one delivered whole.
     """
 
-    __slots__ = ("_data", "_cursor", "_max_bytes")
+    __slots__ = ("_cursor", "_data", "_max_bytes")
 
     def __init__(self, max_bytes: int) -> None:
         self._data = bytearray()

@@ -19,7 +19,6 @@ from socksauth.protocol.errors import LocalProtocolError, ProtocolError, RemoteP
 from socksauth.protocol.events import (
     AuthReply,
     ClientEvent,
-    CommandReply,
     CommandRequest,
     ConnectionClosed,
     Credentials,
@@ -100,7 +99,7 @@ _SELECTABLE: Final = frozenset(
 class ServerConnection:
     """The handshake of one client, from greeting to the reply that opens or refuses a tunnel."""
 
-    __slots__ = ("state", "_buffer", "_end_of_stream", "_request")
+    __slots__ = ("_buffer", "_end_of_stream", "_request", "state")
 
     def __init__(self, max_handshake_bytes: int = DEFAULT_MAX_HANDSHAKE_BYTES) -> None:
         self.state = State.AWAIT_GREETING

@@ -1,15 +1,15 @@
 """The SOCKS5 messages as events, their wire formats, and a parser for each.
 
 Every message has ``encode()`` and a ``parse_*`` function that reads it incrementally from a
-ReceiveBuffer: it returns None (and rolls back) while the message is incomplete, so the same
-event results whether the bytes arrive one at a time or several messages in one segment.
+ReceiveBuffer: while the message is incomplete it rolls the buffer back and returns None, so
+the same event results whether the bytes arrive one at a time or several messages in one
+segment.
 The server parses what clients send; the client-side parsers exist for round-trip tests,
 the benchmark and test clients.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from socksauth.protocol.address import Address, take_address
@@ -59,7 +59,8 @@ class Greeting:
 def parse_greeting(buffer: ReceiveBuffer) -> Greeting | None:
     head = buffer.take(2)
     if head is None:
-        return _incomplete(buffer)
+        buffer.rollback()
+        return None
     version, count = head
     if version != SOCKS_VERSION:
         # Not SOCKS5 (SOCKS4's first byte is 4, HTTP's is a letter): no SOCKS5 reply
@@ -69,7 +70,8 @@ def parse_greeting(buffer: ReceiveBuffer) -> Greeting | None:
         raise RemoteProtocolError("greeting offers no methods", _NO_ACCEPTABLE)
     methods = buffer.take(count)
     if methods is None:
-        return _incomplete(buffer)
+        buffer.rollback()
+        return None
     buffer.commit()
     return Greeting(tuple(methods))
 
@@ -105,7 +107,8 @@ class Credentials:
 def parse_credentials(buffer: ReceiveBuffer) -> Credentials | None:
     head = buffer.take(2)
     if head is None:
-        return _incomplete(buffer)
+        buffer.rollback()
+        return None
     version, name_length = head
     if version != USERNAME_PASSWORD_VERSION:
         raise RemoteProtocolError(
@@ -113,13 +116,16 @@ def parse_credentials(buffer: ReceiveBuffer) -> Credentials | None:
         )
     name = buffer.take(name_length)
     if name is None:
-        return _incomplete(buffer)
+        buffer.rollback()
+        return None
     secret_length = buffer.take(1)
     if secret_length is None:
-        return _incomplete(buffer)
+        buffer.rollback()
+        return None
     secret = buffer.take(secret_length[0])
     if secret is None:
-        return _incomplete(buffer)
+        buffer.rollback()
+        return None
     buffer.commit()
     return Credentials(
         name.decode("utf-8", "surrogateescape"), secret.decode("utf-8", "surrogateescape")
@@ -147,7 +153,8 @@ class CommandRequest:
 def parse_request(buffer: ReceiveBuffer) -> CommandRequest | None:
     head = buffer.take(3)
     if head is None:
-        return _incomplete(buffer)
+        buffer.rollback()
+        return None
     version, command, _reserved = head  # RSV is ignored, as RFC 1928 gives it no meaning
     if version != SOCKS_VERSION:
         raise RemoteProtocolError(
@@ -155,7 +162,8 @@ def parse_request(buffer: ReceiveBuffer) -> CommandRequest | None:
         )
     address = take_address(buffer, _failure_reply(Reply.ADDRESS_TYPE_NOT_SUPPORTED))
     if address is None:
-        return _incomplete(buffer)
+        buffer.rollback()
+        return None
     buffer.commit()
     if command not in _COMMANDS:
         raise RemoteProtocolError(
@@ -187,7 +195,8 @@ class MethodSelection:
 def parse_method_selection(buffer: ReceiveBuffer) -> MethodSelection | None:
     raw = buffer.take(2)
     if raw is None:
-        return _incomplete(buffer)
+        buffer.rollback()
+        return None
     if raw[0] != SOCKS_VERSION:
         raise RemoteProtocolError(f"version {raw[0]:#04x} is not SOCKS5")
     if raw[1] not in _METHODS:
@@ -216,7 +225,8 @@ class AuthReply:
 def parse_auth_reply(buffer: ReceiveBuffer) -> AuthReply | None:
     raw = buffer.take(2)
     if raw is None:
-        return _incomplete(buffer)
+        buffer.rollback()
+        return None
     if raw[0] != USERNAME_PASSWORD_VERSION:
         raise RemoteProtocolError(f"username/password version {raw[0]:#04x} is not 0x01")
     buffer.commit()
@@ -245,14 +255,16 @@ class CommandReply:
 def parse_reply(buffer: ReceiveBuffer) -> CommandReply | None:
     head = buffer.take(3)
     if head is None:
-        return _incomplete(buffer)
+        buffer.rollback()
+        return None
     if head[0] != SOCKS_VERSION:
         raise RemoteProtocolError(f"reply version {head[0]:#04x} is not SOCKS5")
     if head[1] not in _REPLIES:
         raise RemoteProtocolError(f"unknown reply code {head[1]:#04x}")
     address = take_address(buffer, None)
     if address is None:
-        return _incomplete(buffer)
+        buffer.rollback()
+        return None
     buffer.commit()
     return CommandReply(Reply(head[1]), address)
 
@@ -260,11 +272,6 @@ def parse_reply(buffer: ReceiveBuffer) -> CommandReply | None:
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The client closed its side (end of stream) at a message boundary."""
-
-
-def _incomplete(buffer: ReceiveBuffer) -> None:
-    buffer.rollback()
-    return None
 
 
 ClientEvent = Greeting | Credentials | CommandRequest | ConnectionClosed
