@@ -1,0 +1,91 @@
+"""Async engines for the supported databases (SQLite via aiosqlite, PostgreSQL via asyncpg)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from socksauth.errors import ConfigError
+
+SQLITE_DRIVER = "sqlite+aiosqlite"
+POSTGRESQL_DRIVER = "postgresql+asyncpg"
+SUPPORTED_DRIVERS = (SQLITE_DRIVER, POSTGRESQL_DRIVER)
+
+# WAL lets readers (the proxy) run while a writer (the CLI, the audit flush) commits;
+# busy_timeout makes a locked database wait instead of failing at once; NORMAL is durable
+# under WAL except for the last transactions on power loss, which is fine for login times.
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA synchronous=NORMAL",
+)
+
+
+def redact_url(url: str | URL) -> str:
+    """``url`` with its password replaced by ``***``, safe to log or print."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Unparseable, so we cannot tell where a password would be: show nothing of it.
+        return "<unparseable database URL>"
+
+
+def parse_url(url: str) -> URL:
+    """The parsed URL; ConfigError unless it names one of the supported async drivers."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            "database URL is not a URL; expected sqlite+aiosqlite:///path "
+            "or postgresql+asyncpg://user@host/dbname"
+        ) from None
+    if parsed.drivername not in SUPPORTED_DRIVERS:
+        raise ConfigError(
+            f"database URL scheme {parsed.drivername!r} is not supported; "
+            f"use one of {', '.join(SUPPORTED_DRIVERS)}"
+        )
+    return parsed
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine for ``url``; SQLite connections get socksauth's pragmas.
+
+    Raises:
+        ConfigError: the URL is malformed or names an unsupported scheme.
+    """
+    parsed = parse_url(url)
+    engine = create_async_engine(parsed)
+    if parsed.drivername == SQLITE_DRIVER:
+        event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
+    return engine
+
+
+def default_sqlite_url() -> str:
+    """``$XDG_DATA_HOME/socksauth/socksauth.sqlite3`` as a URL, creating the directory.
+
+    ``XDG_DATA_HOME`` defaults to ``~/.local/share`` (XDG Base Directory specification).
+    """
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or "")
+    # The specification says a relative XDG_DATA_HOME is invalid and must be ignored.
+    if not data_home.is_absolute():
+        data_home = Path.home() / ".local" / "share"
+    directory = data_home / "socksauth"
+    # Owner-only: the file holds password hashes.
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return f"{SQLITE_DRIVER}:///{directory / 'socksauth.sqlite3'}"
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()

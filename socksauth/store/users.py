@@ -1,0 +1,173 @@
+"""SqlUserStore: the accounts table behind the UserStore Protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from socksauth.errors import UserError
+from socksauth.store.interfaces import UserRecord
+from socksauth.store.models import UserRow
+
+# The Table itself: a Core executemany UPDATE with bound names needs its ``.c`` columns.
+_USERS = UserRow.metadata.tables[UserRow.__tablename__]
+_COLUMNS = (
+    UserRow.username,
+    UserRow.password_hash,
+    UserRow.enabled,
+    UserRow.created_at,
+    UserRow.updated_at,
+    UserRow.last_login_at,
+)
+
+
+class SqlUserStore:
+    """Accounts in SQL; every method is one short transaction on ``engine``."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def get_user(self, username: str) -> UserRecord | None:
+        """The account named ``username`` (exact match), or None."""
+        async with self._engine.connect() as conn:
+            result = await conn.execute(select(*_COLUMNS).where(UserRow.username == username))
+            row = result.one_or_none()
+        return None if row is None else _record(row)
+
+    async def replace_password_hash(self, username: str, old_hash: str, new_hash: str) -> None:
+        """Store a rehashed password, only if the stored hash is still ``old_hash``.
+
+        Compare-and-set, so a rehash after login never overwrites a password that an
+        administrator changed meanwhile; a lost race is not an error.
+        """
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(UserRow)
+                .where(UserRow.username == username, UserRow.password_hash == old_hash)
+                .values(password_hash=new_hash, updated_at=_now())
+            )
+
+    async def record_logins(self, logins: Mapping[str, datetime]) -> None:
+        """Set last_login_at for each username in one executemany UPDATE.
+
+        Names without an account (deleted since the login) are skipped silently.
+
+        Raises:
+            ValueError: a datetime is naive; only aware datetimes have a UTC instant.
+        """
+        if not logins:
+            return
+        # Bind names differ from column names: SQLAlchemy reserves a column's own name
+        # for the value in SET.
+        params = [
+            {"b_username": username, "b_last_login_at": _to_utc(at)}
+            for username, at in logins.items()
+        ]
+        statement = (
+            update(_USERS)
+            .where(_USERS.c.username == bindparam("b_username"))
+            .values(last_login_at=bindparam("b_last_login_at"))
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(statement, params)
+
+    async def add_user(self, username: str, password_hash: str) -> UserRecord:
+        """Create an enabled account; UserError if the name is taken."""
+        now = _now()
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    insert(UserRow).values(
+                        username=username,
+                        password_hash=password_hash,
+                        enabled=True,
+                        created_at=now,
+                        updated_at=now,
+                        last_login_at=None,
+                    )
+                )
+        except IntegrityError:
+            # The unique constraint decides, so two concurrent adds cannot both succeed.
+            raise UserError(f"user {username!r} already exists") from None
+        return UserRecord(
+            username=username,
+            password_hash=password_hash,
+            enabled=True,
+            created_at=now,
+            updated_at=now,
+            last_login_at=None,
+        )
+
+    async def set_password_hash(self, username: str, password_hash: str) -> None:
+        """Replace the password hash; UserError if there is no such user."""
+        await self._update_one(username, password_hash=password_hash)
+
+    async def set_enabled(self, username: str, enabled: bool) -> None:
+        """Enable or disable; UserError if there is no such user."""
+        await self._update_one(username, enabled=enabled)
+
+    async def delete_user(self, username: str) -> None:
+        """Delete the account; UserError if there is no such user."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(delete(UserRow).where(UserRow.username == username))
+        if result.rowcount == 0:
+            raise _unknown(username)
+
+    async def list_users(self) -> Sequence[UserRecord]:
+        """Every account, ordered by username (code point order on every database)."""
+        async with self._engine.connect() as conn:
+            result = await conn.execute(select(*_COLUMNS))
+            rows = result.all()
+        # Sorted here, not by ORDER BY: PostgreSQL orders by the database's collation, which
+        # differs between servers and from SQLite's binary order.
+        return sorted((_record(row) for row in rows), key=lambda record: record.username)
+
+    async def _update_one(self, username: str, **values: Any) -> None:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(UserRow)
+                .where(UserRow.username == username)
+                .values(**values, updated_at=_now())
+            )
+        if result.rowcount == 0:
+            raise _unknown(username)
+
+
+def _unknown(username: str) -> UserError:
+    return UserError(f"no user named {username!r}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _to_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("login times must be timezone-aware datetimes")
+    return moment.astimezone(UTC)
+
+
+def _from_db(moment: datetime) -> datetime:
+    # SQLite has no time zone type and hands back the naive UTC value we stored;
+    # PostgreSQL returns aware datetimes, normalised here to UTC as well.
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _record(row: Any) -> UserRecord:
+    return UserRecord(
+        username=row.username,
+        password_hash=row.password_hash,
+        enabled=row.enabled,
+        created_at=_from_db(row.created_at),
+        updated_at=_from_db(row.updated_at),
+        last_login_at=None if row.last_login_at is None else _from_db(row.last_login_at),
+    )
