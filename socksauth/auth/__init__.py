@@ -1,0 +1,1 @@
+"""Who may use the proxy: password hashing, verification off the event loop, accounts."""

@@ -1,0 +1,118 @@
+"""authenticate(username, password) → UserRecord | None, with verification off the event loop.
+
+Unknown and disabled users cost the same as a wrong password: the hash that is verified is
+then a dummy one with the same parameters, and every failure gets the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from datetime import UTC, datetime
+from types import TracebackType
+
+from socksauth.auth import passwords
+from socksauth.logs import get_logger
+from socksauth.store.interfaces import UserLookup, UserRecord
+
+log = get_logger("auth")
+
+# How often last-login times are written: one UPDATE per interval for everyone who logged in,
+# instead of a database round trip on every handshake.
+LOGIN_FLUSH_INTERVAL_SECONDS = 1.0
+
+
+class LoginRecorder:
+    """Collects successful logins and writes last_login_at in batches, off the handshake path."""
+
+    def __init__(
+        self,
+        users: UserLookup,
+        interval_seconds: float = LOGIN_FLUSH_INTERVAL_SECONDS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._users = users
+        self._interval = interval_seconds
+        self._clock = clock
+        self._pending: dict[str, datetime] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, username: str) -> None:
+        self._pending[username] = self._clock()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        try:
+            await self._users.record_logins(batch)
+        except Exception:
+            # A lost last-login time is not worth failing anything for; it is logged once
+            # and the next login records a newer time anyway.
+            log.exception("could not record last login of %d user(s)", len(batch))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def __aenter__(self) -> LoginRecorder:
+        self._task = asyncio.create_task(self._run(), name="login-recorder")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+
+
+class Authenticator:
+    """Checks RFC 1929 credentials against the user store."""
+
+    def __init__(self, users: UserLookup, executor: Executor, logins: LoginRecorder) -> None:
+        self._users = users
+        self._executor = executor
+        self._logins = logins
+        self._dummy_hash: str | None = None
+
+    async def start(self) -> None:
+        """Compute the dummy hash once, before the first client can time a rejection."""
+        loop = asyncio.get_running_loop()
+        self._dummy_hash = await loop.run_in_executor(self._executor, passwords.dummy_hash)
+
+    async def authenticate(self, username: str, password: str) -> UserRecord | None:
+        """The user if the password is right and the account enabled, else None."""
+        if self._dummy_hash is None:
+            await self.start()
+        assert self._dummy_hash is not None
+        user = await self._users.get_user(username)
+        usable = user is not None and user.enabled
+        stored_hash = user.password_hash if user is not None and usable else self._dummy_hash
+        loop = asyncio.get_running_loop()
+        matches = await loop.run_in_executor(
+            self._executor, passwords.verify_password, password, stored_hash
+        )
+        if not (matches and usable and user is not None):
+            return None
+        if passwords.needs_rehash(stored_hash):
+            await self._rehash(user, password, loop)
+        self._logins.record(user.username)
+        return user
+
+    async def _rehash(
+        self, user: UserRecord, password: str, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        # The parameters were raised since this hash was made: upgrade it now that we hold
+        # the password, compare-and-set so a concurrent `user passwd` wins.
+        new_hash = await loop.run_in_executor(self._executor, passwords.hash_password, password)
+        try:
+            await self._users.replace_password_hash(user.username, user.password_hash, new_hash)
+        except Exception:
+            log.exception("could not store the rehashed password of %r", user.username)

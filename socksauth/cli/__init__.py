@@ -1,0 +1,22 @@
+"""The `socksauth` command: thin click commands that parse, call one function, print."""
+
+from __future__ import annotations
+
+import click
+
+from socksauth import __version__
+from socksauth.cli.db import db
+from socksauth.cli.serve import quickstart, serve
+from socksauth.cli.users import user
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="socksauth")
+def main() -> None:
+    """socksauth: an authenticated, audited SOCKS5 proxy with users in SQL."""
+
+
+main.add_command(serve)
+main.add_command(quickstart)
+main.add_command(user)
+main.add_command(db)

@@ -1,0 +1,49 @@
+"""Options shared by several commands, declared once; and running a command's coroutine."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from socksauth import app
+from socksauth.errors import ConfigError, SchemaOutOfDate, UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+def database_url_option(function: F) -> F:
+    return click.option(
+        "--database-url",
+        envvar="SOCKSAUTH_DATABASE_URL",
+        show_envvar=True,
+        metavar="URL",
+        help="sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB "
+        "[default: $XDG_DATA_HOME/socksauth/socksauth.sqlite3]",
+    )(function)
+
+
+def resolve_database_url(url: str | None) -> str:
+    return url or app.default_database_url()
+
+
+def run_command(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; our errors become one line on stderr and an exit code.
+
+    Bad input (a setting, a user name) exits 2; a database that is behind or unreachable, 1.
+    """
+    try:
+        return app.run(coroutine)
+    except (ConfigError, UserError) as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(2)
+    except SchemaOutOfDate as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(1)
+    except OSError as error:
+        # Connection refused, no such file …: the message names the cause, never the URL.
+        click.echo(f"Error: cannot reach the database: {error.strerror or error}", err=True)
+        sys.exit(1)

@@ -1,0 +1,105 @@
+"""Settings: one frozen, validated object built once from flags and environment."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from socksauth.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_PORT = 1080
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenAddress:
+    """Where a listener binds; port 0 asks the OS for a free port (tests)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """``HOST:PORT``, ``[V6]:PORT``, ``HOST`` or ``:PORT``; ConfigError naming the problem."""
+    host, port_text = text, str(DEFAULT_PORT)
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ConfigError(f"listen address {text!r}: missing ']' after an IPv6 address")
+        host, rest = text[1:close], text[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"listen address {text!r}: expected ':PORT' after ']'")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif text.count(":") > 1:
+        raise ConfigError(f"listen address {text!r}: write IPv6 addresses as [ADDRESS]:PORT")
+    host = host or "0.0.0.0"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"listen address {text!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"listen address {text!r}: port {port} is out of range 0-65535")
+    return ListenAddress(host=host, port=port)
+
+
+def parse_networks(texts: Iterable[str], setting: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for text in texts:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"{setting}: {text!r} is not an IP network (CIDR)") from None
+    return tuple(networks)
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything `serve` needs. Validated on construction; build engines from it, not on it."""
+
+    database_url: str
+    listen: tuple[ListenAddress, ...] = (ListenAddress(host="127.0.0.1", port=DEFAULT_PORT),)
+    # Clients in these networks may choose method 0x00 (no authentication). Empty by default:
+    # everyone authenticates unless the admin says otherwise.
+    trusted_networks: tuple[IPNetwork, ...] = ()
+    handshake_timeout_seconds: float = 10.0
+    connect_timeout_seconds: float = 10.0
+    # Argon2 needs ~19 MiB and one core per verification: more threads than cores only queue.
+    password_verify_threads: int = field(default_factory=default_workers)
+    relay_buffer_bytes: int = 256 * 1024
+    node_name: str = field(default_factory=lambda: os.uname().nodename)
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            raise ConfigError("listen: at least one address is needed")
+        for name in ("handshake_timeout_seconds", "connect_timeout_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: must be a positive number of seconds")
+        if self.password_verify_threads < 1:
+            raise ConfigError("password_verify_threads: must be at least 1")
+        if self.relay_buffer_bytes < 4096:
+            raise ConfigError("relay_buffer_bytes: must be at least 4096")
+
+    def is_trusted(self, host: str) -> bool:
+        """Whether a client at ``host`` may skip authentication (method 0x00)."""
+        if not self.trusted_networks:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.trusted_networks)

@@ -1,0 +1,1 @@
+"""The asyncio side: listeners, one handler per client, outbound connections, the relay."""

@@ -1,0 +1,344 @@
+"""ClientConnection: drives the sans-IO handshake for one client, then hands it to a tunnel."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+from socksauth import protocol
+from socksauth.auth.authenticator import Authenticator
+from socksauth.config import Settings
+from socksauth.logs import get_logger
+from socksauth.protocol import (
+    NEED_DATA,
+    PAUSED,
+    Address,
+    AuthMethod,
+    AuthReply,
+    AuthStatus,
+    Command,
+    CommandReply,
+    CommandRequest,
+    ConnectionClosed,
+    Credentials,
+    Greeting,
+    LocalProtocolError,
+    MethodSelection,
+    RemoteProtocolError,
+    Reply,
+    ServerConnection,
+)
+from socksauth.protocol.events import ClientEvent
+from socksauth.server.outbound import Dialer, reply_for_error
+from socksauth.server.relay import CloseReason, Relay
+
+log = get_logger("client")
+
+# Handshake reads are small; data beyond this stays in the kernel until we ask for it.
+_HANDSHAKE_READ_BYTES = 4096
+
+
+class Outcome(enum.Enum):
+    """How a client connection ended, as logged and audited."""
+
+    CLOSED = "closed"
+    CLIENT_ERROR = "client_error"
+    TARGET_ERROR = "target_error"
+    SHUTDOWN = "shutdown"
+    NO_ACCEPTABLE_METHOD = "no_acceptable_method"
+    AUTH_FAILED = "auth_failed"
+    PROTOCOL_ERROR = "protocol_error"
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    CLIENT_GONE = "client_gone"  # closed during the handshake
+    UNSUPPORTED = "unsupported"
+    CONNECT_FAILED = "connect_failed"
+    ERROR = "error"
+
+
+_OUTCOME_BY_CLOSE = {
+    CloseReason.CLOSED: Outcome.CLOSED,
+    CloseReason.CLIENT_ERROR: Outcome.CLIENT_ERROR,
+    CloseReason.TARGET_ERROR: Outcome.TARGET_ERROR,
+    CloseReason.SHUTDOWN: Outcome.SHUTDOWN,
+}
+
+
+@dataclass(slots=True, kw_only=True)
+class ConnectionRecord:
+    """What one client did, filled in as it happens: the log line and the audit read it."""
+
+    client_host: str
+    client_port: int
+    started_at: datetime  # wall clock, UTC, for the audit
+    started: float  # monotonic, for the duration
+    ended_at: datetime | None = None
+    duration_seconds: float = 0.0
+    username: str | None = None
+    command: Command | None = None
+    target: Address | None = None  # as the client asked for it
+    dialed: str | None = None  # the address actually connected to (host:port)
+    reply: Reply | None = None
+    outcome: Outcome = Outcome.ERROR
+    bytes_from_client: int = 0
+    bytes_to_client: int = 0
+    datagrams_from_client: int = 0  # UDP ASSOCIATE only
+    datagrams_to_client: int = 0
+
+    @property
+    def client(self) -> str:
+        host = f"[{self.client_host}]" if ":" in self.client_host else self.client_host
+        return f"{host}:{self.client_port}"
+
+
+class _HandshakeProtocol(asyncio.BufferedProtocol):
+    """Feeds the client's bytes to the sans-IO core while the handshake runs.
+
+    Reading is paused except while the handler waits for data, so whatever a client
+    pipelines stays in the kernel's socket buffer, not in our memory.
+    """
+
+    def __init__(self, conn: ServerConnection) -> None:
+        self._conn = conn
+        self._view = memoryview(bytearray(_HANDSHAKE_READ_BYTES))
+        self.transport: asyncio.Transport | None = None
+        self.connected: asyncio.Future[asyncio.Transport] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.pause_reading()
+        self.connected.set_result(self.transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self.transport is not None
+        self.transport.pause_reading()
+        try:
+            self._conn.receive_data(self._view[:nbytes])
+        except protocol.ProtocolError as error:
+            self._error = error
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._conn.receive_data(b"")
+        self._wake()
+        return True  # keep the transport open: a half-closed client still gets its reply
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._conn.receive_data(b"")  # end of stream; harmless if the FIN came first
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait_for_data(self) -> None:
+        if self._error is not None:
+            raise self._error
+        assert self.transport is not None
+        self._waiter = asyncio.get_running_loop().create_future()
+        if not self.lost:
+            self.transport.resume_reading()
+        else:
+            self._waiter.set_result(None)
+        await self._waiter
+        self._waiter = None
+        if self._error is not None:
+            raise self._error
+
+
+class ClientConnection:
+    """One client from accept to close: handshake, authentication, command, tunnel."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        authenticator: Authenticator,
+        dialer: Dialer,
+    ) -> None:
+        self._settings = settings
+        self._authenticator = authenticator
+        self._dialer = dialer
+        self._conn = ServerConnection()
+        self.protocol = _HandshakeProtocol(self._conn)
+        self.relay: Relay | None = None
+        self.record: ConnectionRecord | None = None
+
+    @property
+    def in_handshake(self) -> bool:
+        return self.relay is None
+
+    async def run(self) -> ConnectionRecord:
+        # The task starts in the protocol factory, before asyncio calls connection_made.
+        transport = await self.protocol.connected
+        peer = transport.get_extra_info("peername") or ("", 0)
+        record = self.record = ConnectionRecord(
+            client_host=peer[0],
+            client_port=peer[1],
+            started_at=datetime.now(UTC),
+            started=time.monotonic(),
+        )
+        try:
+            request = await self._handshake(transport, peer[0], record)
+            if request is not None:
+                await self._dispatch(transport, request, record)
+        except RemoteProtocolError as error:
+            record.outcome = Outcome.PROTOCOL_ERROR
+            log.info("%s: protocol error: %s", record.client, error)
+            if error.reply_hint is not None and not transport.is_closing():
+                transport.write(error.reply_hint)
+        except TimeoutError:
+            record.outcome = Outcome.HANDSHAKE_TIMEOUT
+        except asyncio.CancelledError:
+            record.outcome = Outcome.SHUTDOWN
+            if self.relay is not None:
+                self.relay.close(CloseReason.SHUTDOWN)
+            raise
+        except Exception:
+            # The one per-client boundary: whatever went wrong, log it once, close this
+            # client, keep serving everyone else.
+            record.outcome = Outcome.ERROR
+            log.exception("%s: unexpected error", record.client)
+        finally:
+            if not transport.is_closing():
+                transport.close()
+            if self.relay is not None:
+                record.bytes_from_client, record.bytes_to_client = self.relay.bytes_counts()
+            record.duration_seconds = time.monotonic() - record.started
+            record.ended_at = record.started_at + timedelta(seconds=record.duration_seconds)
+            _log_finished(record)
+        return record
+
+    async def _next_event(self) -> ClientEvent:
+        while True:
+            event = self._conn.next_event()
+            if event is NEED_DATA:
+                await self.protocol.wait_for_data()
+                continue
+            if event is PAUSED:
+                raise LocalProtocolError("the handshake waits for our message, not the client's")
+            return event
+
+    async def _handshake(
+        self, transport: asyncio.Transport, client_host: str, record: ConnectionRecord
+    ) -> CommandRequest | None:
+        """Greeting → method → credentials → request, within the handshake deadline."""
+        async with asyncio.timeout(self._settings.handshake_timeout_seconds):
+            greeting = await self._next_event()
+            if isinstance(greeting, ConnectionClosed):
+                record.outcome = Outcome.CLIENT_GONE
+                return None
+            assert isinstance(greeting, Greeting)
+            method = protocol.select_method(
+                greeting.methods, allow_no_auth=self._settings.is_trusted(client_host)
+            )
+            transport.write(self._conn.send(MethodSelection(method)))
+            if method is AuthMethod.NO_ACCEPTABLE_METHODS:
+                # RFC 1928 §3: "the client MUST close the connection"; we close too.
+                record.outcome = Outcome.NO_ACCEPTABLE_METHOD
+                return None
+            if method is AuthMethod.USERNAME_PASSWORD:
+                credentials = await self._next_event()
+                if isinstance(credentials, ConnectionClosed):
+                    record.outcome = Outcome.CLIENT_GONE
+                    return None
+                assert isinstance(credentials, Credentials)
+                record.username = credentials.username
+                user = await self._authenticator.authenticate(
+                    credentials.username, credentials.password
+                )
+                status = AuthStatus.SUCCESS if user is not None else AuthStatus.FAILURE
+                transport.write(self._conn.send(AuthReply(status)))
+                if user is None:
+                    # RFC 1929 §2: on failure "the server MUST close the connection".
+                    record.outcome = Outcome.AUTH_FAILED
+                    log.info("%s: login failed for user %r", record.client, credentials.username)
+                    return None
+            request = await self._next_event()
+            if isinstance(request, ConnectionClosed):
+                record.outcome = Outcome.CLIENT_GONE
+                return None
+            assert isinstance(request, CommandRequest)
+            record.command = request.command
+            record.target = request.address
+            return request
+
+    async def _dispatch(
+        self, transport: asyncio.Transport, request: CommandRequest, record: ConnectionRecord
+    ) -> None:
+        if request.command is not Command.CONNECT:
+            self._reply(transport, Reply.COMMAND_NOT_SUPPORTED, record)
+            record.outcome = Outcome.UNSUPPORTED
+            return
+        await self._connect(transport, request.address, record)
+
+    def _reply(
+        self,
+        transport: asyncio.Transport,
+        reply: Reply,
+        record: ConnectionRecord,
+        bound: Address | None = None,
+    ) -> None:
+        record.reply = reply
+        transport.write(self._conn.send(CommandReply(reply, bound or Address.unspecified())))
+
+    async def _connect(
+        self, transport: asyncio.Transport, target: Address, record: ConnectionRecord
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            sock = await self._dialer.connect(target)
+        except OSError as error:  # TimeoutError and socket.gaierror are OSErrors too
+            reply = reply_for_error(error)
+            log.info("%s: CONNECT %s failed: %s (%s)", record.client, target, reply.name, error)
+            self._reply(transport, reply, record)
+            record.outcome = Outcome.CONNECT_FAILED
+            return
+        relay = Relay(self._settings.relay_buffer_bytes)
+        try:
+            target_transport, _ = await loop.create_connection(
+                lambda: relay.target_protocol, sock=sock
+            )
+        except BaseException:
+            sock.close()
+            raise
+        # Nothing from the target may reach the client before the success reply.
+        target_transport.pause_reading()
+        bound = target_transport.get_extra_info("sockname")
+        peer = target_transport.get_extra_info("peername")
+        record.dialed = str(Address.from_host(peer[0], peer[1]))
+        # RFC 1928 §6: BND.ADDR/BND.PORT carry "the associated IP address" — the address the
+        # proxy used to connect to the target.
+        self._reply(transport, Reply.SUCCEEDED, record, Address.from_host(bound[0], bound[1]))
+        trailing, client_eof = self._conn.trailing_data
+        self.relay = relay
+        relay.attach_client(transport, trailing, client_eof)
+        result = await relay.wait()
+        record.outcome = _OUTCOME_BY_CLOSE[result.reason]
+
+
+def _log_finished(record: ConnectionRecord) -> None:
+    log.info(
+        "%s user=%s %s %s out=%d in=%d %.3fs %s%s",
+        record.client,
+        record.username if record.username is not None else "-",
+        record.command.name if record.command is not None else "-",
+        record.target if record.target is not None else "-",
+        record.bytes_from_client,
+        record.bytes_to_client,
+        record.duration_seconds,
+        record.outcome.value,
+        f" reply={record.reply.name}" if record.reply not in (None, Reply.SUCCEEDED) else "",
+    )

@@ -1,0 +1,172 @@
+"""Dialer: resolve and connect to a target (Happy Eyeballs); reply_for_error: errno → Reply."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from socksauth.protocol import Address, AddressType, Reply
+
+# RFC 8305 §5: "A simple implementation can have a fixed delay … The recommended value … is
+# 250 milliseconds."
+HAPPY_EYEBALLS_DELAY_SECONDS = 0.25
+
+_REPLY_BY_ERRNO: dict[int, Reply] = {
+    errno.ECONNREFUSED: Reply.CONNECTION_REFUSED,
+    errno.ENETUNREACH: Reply.NETWORK_UNREACHABLE,
+    errno.ENETDOWN: Reply.NETWORK_UNREACHABLE,
+    errno.EAFNOSUPPORT: Reply.NETWORK_UNREACHABLE,
+    errno.EADDRNOTAVAIL: Reply.NETWORK_UNREACHABLE,
+    errno.EHOSTUNREACH: Reply.HOST_UNREACHABLE,
+    errno.EHOSTDOWN: Reply.HOST_UNREACHABLE,
+    errno.ETIMEDOUT: Reply.TTL_EXPIRED,
+    errno.EACCES: Reply.CONNECTION_NOT_ALLOWED,
+    errno.EPERM: Reply.CONNECTION_NOT_ALLOWED,
+}
+
+# When every address of a name failed differently, the reply names the most telling failure:
+# a host that answered "refused" says more than an unreachable second address family.
+_REPLY_PRIORITY = (
+    Reply.CONNECTION_REFUSED,
+    Reply.TTL_EXPIRED,
+    Reply.HOST_UNREACHABLE,
+    Reply.CONNECTION_NOT_ALLOWED,
+    Reply.NETWORK_UNREACHABLE,
+    Reply.GENERAL_FAILURE,
+)
+
+
+def reply_for_error(error: BaseException) -> Reply:
+    """The RFC 1928 reply for a failed resolve or connect, decided by type and errno only."""
+    if isinstance(error, ConnectFailed):
+        return min(
+            (reply_for_error(e) for e in error.errors),
+            key=_REPLY_PRIORITY.index,
+            default=Reply.GENERAL_FAILURE,
+        )
+    if isinstance(error, socket.gaierror):
+        # Every resolver failure (EAI_NONAME, EAI_AGAIN, EAI_FAIL, …) means the name gave us
+        # no host to reach: RFC 1928's "Host unreachable".
+        return Reply.HOST_UNREACHABLE
+    if isinstance(error, TimeoutError):
+        return Reply.TTL_EXPIRED
+    if isinstance(error, OSError) and error.errno is not None:
+        return _REPLY_BY_ERRNO.get(error.errno, Reply.GENERAL_FAILURE)
+    return Reply.GENERAL_FAILURE
+
+
+class ConnectFailed(OSError):
+    """Every address of the target failed; ``errors`` holds each attempt's error."""
+
+    def __init__(self, target: str, errors: Sequence[BaseException]) -> None:
+        super().__init__(f"could not connect to {target}: " + "; ".join(map(str, errors)))
+        self.errors = tuple(errors)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedAddress:
+    family: socket.AddressFamily
+    sockaddr: tuple[str, int] | tuple[str, int, int, int]
+
+
+class Dialer:
+    """Opens outbound TCP connections for CONNECT."""
+
+    def __init__(self, connect_timeout_seconds: float) -> None:
+        self._timeout = connect_timeout_seconds
+
+    async def resolve(self, target: Address) -> list[ResolvedAddress]:
+        """The addresses to try, in Happy Eyeballs order (families interleaved)."""
+        loop = asyncio.get_running_loop()
+        if target.type is AddressType.IPV4:
+            return [ResolvedAddress(socket.AF_INET, (target.host, target.port))]
+        if target.type is AddressType.IPV6:
+            return [ResolvedAddress(socket.AF_INET6, (target.host, target.port, 0, 0))]
+        infos = await loop.getaddrinfo(
+            target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+        return _interleave(
+            [ResolvedAddress(socket.AddressFamily(f), sa) for f, _, _, _, sa in infos]  # type: ignore[arg-type]
+        )
+
+    async def connect(self, target: Address) -> socket.socket:
+        """A connected non-blocking socket to ``target``; raises for reply_for_error."""
+        async with asyncio.timeout(self._timeout):
+            addresses = await self.resolve(target)
+            return await happy_eyeballs(addresses, str(target))
+
+
+def _interleave(addresses: list[ResolvedAddress]) -> list[ResolvedAddress]:
+    """RFC 8305 §4: alternate families, starting with the family the resolver put first."""
+    seen: set[tuple[object, ...]] = set()
+    unique = []
+    for address in addresses:
+        key = (address.family, address.sockaddr[:2])
+        if key not in seen:
+            seen.add(key)
+            unique.append(address)
+    if not unique:
+        return unique
+    first = [a for a in unique if a.family == unique[0].family]
+    other = [a for a in unique if a.family != unique[0].family]
+    ordered: list[ResolvedAddress] = []
+    for index in range(max(len(first), len(other))):
+        ordered.extend(group[index] for group in (first, other) if index < len(group))
+    return ordered
+
+
+async def _connect_one(address: ResolvedAddress) -> socket.socket:
+    sock = socket.socket(address.family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await asyncio.get_running_loop().sock_connect(sock, address.sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def happy_eyeballs(addresses: Sequence[ResolvedAddress], target: str) -> socket.socket:
+    """Start an attempt, and another each time one fails or the delay passes; first one wins."""
+    if not addresses:
+        raise ConnectFailed(target, [OSError(errno.EHOSTUNREACH, "no address to connect to")])
+    pending: set[asyncio.Task[socket.socket]] = set()
+    errors: list[BaseException] = []
+    remaining = list(addresses)
+    try:
+        while remaining or pending:
+            if remaining:
+                pending.add(asyncio.create_task(_connect_one(remaining.pop(0))))
+            done, _ = await asyncio.wait(
+                pending,
+                timeout=HAPPY_EYEBALLS_DELAY_SECONDS if remaining else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            winner: socket.socket | None = None
+            for task in done:
+                pending.discard(task)
+                error = task.exception()
+                if error is not None:
+                    errors.append(error)
+                elif winner is None:
+                    winner = task.result()
+                else:
+                    task.result().close()  # two finished in the same turn: keep one
+            if winner is not None:
+                return winner
+        raise ConnectFailed(target, errors)
+    finally:
+        # Losers are cancelled; one that connected before its cancellation took effect must
+        # not leak its socket.
+        for task in pending:
+            task.cancel()
+            task.add_done_callback(_close_if_connected)
+
+
+def _close_if_connected(task: asyncio.Task[socket.socket]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()

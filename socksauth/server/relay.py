@@ -1,0 +1,158 @@
+"""Relay: splices two transports with flow control, half-close and byte counters.
+
+Each direction is a BufferedProtocol reading into a buffer it allocated once, writing to the
+other transport. When the other transport's write buffer passes its high-water mark asyncio
+pauses us (pause_writing) and we stop reading the source: memory per tunnel stays bounded
+whatever the speed difference between the two peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+from typing import cast
+
+
+class CloseReason(enum.Enum):
+    """Why a tunnel ended, as the audit and the log line report it."""
+
+    CLOSED = "closed"  # both sides finished (FIN each way) or one side closed cleanly
+    CLIENT_ERROR = "client_error"  # the client's connection failed (reset, …)
+    TARGET_ERROR = "target_error"  # the target's connection failed
+    SHUTDOWN = "shutdown"  # the server closed it
+
+
+@dataclass(frozen=True, slots=True)
+class RelayResult:
+    bytes_from_client: int
+    bytes_to_client: int
+    reason: CloseReason
+
+
+class _Direction(asyncio.BufferedProtocol):
+    """Bytes read from ``source`` (the transport this protocol is attached to) go to ``sink``."""
+
+    __slots__ = (
+        "_buffer_bytes",
+        "_relay",
+        "_view",
+        "count",
+        "eof",
+        "is_client",
+        "sink",
+        "source",
+    )
+
+    def __init__(self, relay: Relay, buffer_bytes: int, is_client: bool) -> None:
+        self._relay = relay
+        self._buffer_bytes = buffer_bytes
+        self._view = memoryview(bytearray(buffer_bytes))
+        self.source: asyncio.Transport | None = None
+        self.sink: asyncio.Transport | None = None
+        self.count = 0
+        self.eof = False
+        self.is_client = is_client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.source = cast(asyncio.Transport, transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.count += nbytes
+        assert self.sink is not None
+        self.sink.write(self._view[:nbytes])
+        if self.sink.get_write_buffer_size():
+            # The sink could not send it all at once and may keep a reference to our buffer
+            # (Python 3.12+ queues memoryviews without copying): hand it over and read into a
+            # fresh one. Only happens when the sink is backed up, not per chunk.
+            self._view = memoryview(bytearray(self._buffer_bytes))
+
+    def eof_received(self) -> bool:
+        # Half-close: pass the FIN on and keep the other direction running.
+        self.eof = True
+        assert self.sink is not None
+        if not self.sink.is_closing() and self.sink.can_write_eof():
+            self.sink.write_eof()
+        self._relay.direction_ended(self)
+        return True  # keep our transport open: the other direction may still write to it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._relay.connection_lost(self, exc)
+
+    # asyncio calls these on the protocol of a transport whose *write* buffer is full, i.e. on
+    # the direction that reads from it; the bytes backing up come from the other direction.
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None and not self.sink.is_closing():
+            self.sink.resume_reading()
+
+
+class Relay:
+    """Runs one tunnel between a client transport and a target transport until it ends."""
+
+    def __init__(self, buffer_bytes: int) -> None:
+        self.from_client = _Direction(self, buffer_bytes, is_client=True)
+        self.to_client = _Direction(self, buffer_bytes, is_client=False)
+        self._done: asyncio.Future[CloseReason] = asyncio.get_running_loop().create_future()
+
+    @property
+    def target_protocol(self) -> asyncio.BufferedProtocol:
+        """The protocol to give the outbound connection (loop.create_connection)."""
+        return self.to_client
+
+    def attach_client(self, client: asyncio.Transport, trailing: bytes, client_eof: bool) -> None:
+        """Take over the client transport from the handshake, with what it already sent."""
+        target = self.to_client.source
+        assert target is not None, "connect the target first"
+        self.from_client.source = client
+        self.from_client.sink = target
+        self.to_client.sink = client
+        client.set_protocol(self.from_client)
+        if trailing:
+            self.from_client.count += len(trailing)
+            target.write(trailing)
+        if client_eof:
+            self.from_client.eof_received()
+        else:
+            client.resume_reading()
+        target.resume_reading()
+
+    def bytes_counts(self) -> tuple[int, int]:
+        return self.from_client.count, self.to_client.count
+
+    async def wait(self) -> RelayResult:
+        reason = await self._done
+        return RelayResult(self.from_client.count, self.to_client.count, reason)
+
+    def close(self, reason: CloseReason = CloseReason.SHUTDOWN) -> None:
+        """End the tunnel now (shutdown, policy)."""
+        self._finish(reason)
+
+    def direction_ended(self, direction: _Direction) -> None:
+        if self.from_client.eof and self.to_client.eof:
+            self._finish(CloseReason.CLOSED)
+
+    def connection_lost(self, direction: _Direction, exc: Exception | None) -> None:
+        if exc is None:
+            reason = CloseReason.CLOSED
+        else:
+            reason = CloseReason.CLIENT_ERROR if direction.is_client else CloseReason.TARGET_ERROR
+        self._finish(reason)
+
+    def _finish(self, reason: CloseReason) -> None:
+        if self._done.done():
+            return
+        self._done.set_result(reason)
+        for transport in (self.from_client.source, self.to_client.source):
+            if transport is not None and not transport.is_closing():
+                if reason is CloseReason.CLOSED:
+                    transport.close()  # flushes what is still buffered
+                else:
+                    transport.abort()
