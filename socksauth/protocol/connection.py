@@ -91,8 +91,11 @@ _RECEIVING: Final[dict[State, Callable[[ReceiveBuffer], ClientEvent | None]]] = 
 # implementations MUST support GSSAPI" is not a requirement we can meet without Kerberos, so
 # a client offering it is answered with another method it offered, or 0xFF.
 _SELECTABLE: Final = frozenset(
-    {AuthMethod.NO_AUTHENTICATION_REQUIRED, AuthMethod.USERNAME_PASSWORD,
-     AuthMethod.NO_ACCEPTABLE_METHODS}
+    {
+        AuthMethod.NO_AUTHENTICATION_REQUIRED,
+        AuthMethod.USERNAME_PASSWORD,
+        AuthMethod.NO_ACCEPTABLE_METHODS,
+    }
 )
 
 
@@ -138,8 +141,9 @@ class ServerConnection:
             if not self._end_of_stream:
                 return NEED_DATA
             if len(self._buffer):
+                error = RemoteProtocolError(f"connection closed mid-message in {self.state.value}")
                 self.state = State.ERROR
-                raise RemoteProtocolError(f"connection closed mid-message in {self.state.value}")
+                raise error
             event = ConnectionClosed()
         if isinstance(event, CommandRequest):
             self._request = event
@@ -177,9 +181,7 @@ class ServerConnection:
         try:
             self.state = _TRANSITIONS[(self.state, name)]
         except KeyError:
-            raise LocalProtocolError(
-                f"{name} is not allowed in state {self.state.value}"
-            ) from None
+            raise LocalProtocolError(f"{name} is not allowed in state {self.state.value}") from None
 
     def _transition_name(self, event: ClientEvent | ServerEvent) -> str:
         if isinstance(event, Greeting):
