@@ -15,7 +15,12 @@ from socksauth.config import Settings
 from socksauth.logs import get_logger
 from socksauth.server.listener import ProxyServer
 from socksauth.store import migrate
-from socksauth.store.database import create_engine, default_sqlite_url, redact_url
+from socksauth.store.database import (
+    create_engine,
+    database_errors,
+    default_sqlite_url,
+    redact_url,
+)
 from socksauth.store.interfaces import UserStore
 from socksauth.store.users import SqlUserStore
 
@@ -29,8 +34,9 @@ async def open_user_store(database_url: str) -> AsyncIterator[UserStore]:
     """A user store on a schema that is current, for the CLI's account commands."""
     engine = create_engine(database_url)
     try:
-        await migrate.ensure_current(engine)
-        yield SqlUserStore(engine)
+        with database_errors():
+            await migrate.ensure_current(engine)
+            yield SqlUserStore(engine)
     finally:
         await engine.dispose()
 
@@ -39,8 +45,9 @@ async def upgrade_database(database_url: str) -> str:
     """Migrate to head; returns the revision now current."""
     engine = create_engine(database_url)
     try:
-        await migrate.upgrade(engine)
-        return await migrate.current(engine) or ""
+        with database_errors():
+            await migrate.upgrade(engine)
+            return await migrate.current(engine) or ""
     finally:
         await engine.dispose()
 
@@ -49,7 +56,8 @@ async def database_revision(database_url: str) -> tuple[str | None, str]:
     """(the database's revision or None, the revision this code needs)."""
     engine = create_engine(database_url)
     try:
-        return await migrate.current(engine), migrate.head()
+        with database_errors():
+            return await migrate.current(engine), migrate.head()
     finally:
         await engine.dispose()
 
@@ -60,7 +68,8 @@ async def running_server(settings: Settings) -> AsyncIterator[ProxyServer]:
     async with contextlib.AsyncExitStack() as stack:
         engine = create_engine(settings.database_url)
         stack.push_async_callback(engine.dispose)
-        await migrate.ensure_current(engine)
+        with database_errors():
+            await migrate.ensure_current(engine)
         users = SqlUserStore(engine)
         executor = ThreadPoolExecutor(
             max_workers=settings.password_verify_threads, thread_name_prefix="verify"

@@ -17,3 +17,7 @@ class SchemaOutOfDate(SocksAuthError, RuntimeError):
 
 class UserError(SocksAuthError, ValueError):
     """An account operation was refused (unknown user, duplicate name, bad name)."""
+
+
+class DatabaseError(SocksAuthError, RuntimeError):
+    """The database could not be reached or refused an operation; the message has no secrets."""

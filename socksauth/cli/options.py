@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from socksauth import app
-from socksauth.errors import ConfigError, SchemaOutOfDate, UserError
+from socksauth.errors import ConfigError, DatabaseError, SchemaOutOfDate, UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -40,10 +40,6 @@ def run_command(coroutine: Coroutine[Any, Any, T]) -> T:
     except (ConfigError, UserError) as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(2)
-    except SchemaOutOfDate as error:
+    except (SchemaOutOfDate, DatabaseError) as error:
         click.echo(f"Error: {error}", err=True)
-        sys.exit(1)
-    except OSError as error:
-        # Connection refused, no such file …: the message names the cause, never the URL.
-        click.echo(f"Error: cannot reach the database: {error.strerror or error}", err=True)
         sys.exit(1)

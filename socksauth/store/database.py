@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from socksauth.errors import ConfigError
+from socksauth.errors import ConfigError, DatabaseError
 
 SQLITE_DRIVER = "sqlite+aiosqlite"
 POSTGRESQL_DRIVER = "postgresql+asyncpg"
@@ -89,3 +92,16 @@ def _set_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
             cursor.execute(pragma)
     finally:
         cursor.close()
+
+
+@contextlib.contextmanager
+def database_errors() -> Iterator[None]:
+    """Turn driver and connection errors into DatabaseError with a one-line, URL-free message."""
+    try:
+        yield
+    except sqlalchemy.exc.DBAPIError as error:
+        # The driver's own message (e.g. 'database "x" does not exist'); it never carries the
+        # URL, unlike SQLAlchemy's rendering which appends the statement and a link.
+        raise DatabaseError(f"database: {str(error.orig).strip().splitlines()[0]}") from None
+    except OSError as error:
+        raise DatabaseError(f"database: {error.strerror or error}") from None
