@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Integer, MetaData, String, true
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Uuid,
+    text,
+    true,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Named constraints let alembic drop and alter them by name on every backend (SQLite batch
@@ -39,3 +53,47 @@ class UserRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+_OPEN = text("ended_at IS NULL")
+
+
+class AuditRow(Base):
+    """One client connection that reached the request stage, or one failed login / rejected
+    handshake (``command`` is NULL). Open while ``ended_at`` (and ``outcome``) are NULL.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_username_started_at", "username", "started_at"),
+        Index("ix_audit_events_started_at", "started_at"),
+        Index("ix_audit_events_outcome_started_at", "outcome", "started_at"),
+        Index("ix_audit_events_node_open", "node", postgresql_where=_OPEN, sqlite_where=_OPEN),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    node: Mapped[str] = mapped_column(String(255), nullable=False)
+    username: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    client_host: Mapped[str] = mapped_column(String(64), nullable=False)
+    client_port: Mapped[int] = mapped_column(Integer, nullable=False)
+    command: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    target_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    target_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    dialed: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    reply: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    duration_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bytes_from_client: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
+    bytes_to_client: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
+    datagrams_from_client: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
+    datagrams_to_client: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
