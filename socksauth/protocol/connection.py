@@ -19,6 +19,7 @@ from socksauth.protocol.errors import LocalProtocolError, ProtocolError, RemoteP
 from socksauth.protocol.events import (
     AuthReply,
     ClientEvent,
+    CommandReply,
     CommandRequest,
     ConnectionClosed,
     Credentials,
@@ -154,6 +155,11 @@ class ServerConnection:
 
     def send(self, event: ServerEvent) -> bytes:
         """The wire bytes of ``event``, after checking it is legal now."""
+        # A client event here would drive the client half of the table (a Greeting "sent" in
+        # AWAIT_GREETING moved to SEND_METHOD; ConnectionClosed moved to CLOSED, then failed
+        # to encode), so only server messages get as far as the transition table.
+        if not isinstance(event, MethodSelection | AuthReply | CommandReply):
+            raise LocalProtocolError(f"{type(event).__name__} is not a server message")
         if isinstance(event, MethodSelection) and event.method not in _SELECTABLE:
             raise LocalProtocolError(f"method {event.method.name} cannot be selected")
         self._move(event)
