@@ -103,12 +103,13 @@ _SELECTABLE: Final = frozenset(
 class ServerConnection:
     """The handshake of one client, from greeting to the reply that opens or refuses a tunnel."""
 
-    __slots__ = ("_buffer", "_end_of_stream", "_request", "state")
+    __slots__ = ("_buffer", "_end_of_stream", "_offered", "_request", "state")
 
     def __init__(self, max_handshake_bytes: int = DEFAULT_MAX_HANDSHAKE_BYTES) -> None:
         self.state = State.AWAIT_GREETING
         self._buffer = ReceiveBuffer(max_handshake_bytes)
         self._end_of_stream = False
+        self._offered: tuple[int, ...] = ()
         self._request: CommandRequest | None = None
 
     # --- input ----------------------------------------------------------------------------
@@ -146,7 +147,9 @@ class ServerConnection:
                 self.state = State.ERROR
                 raise error
             event = ConnectionClosed()
-        if isinstance(event, CommandRequest):
+        if isinstance(event, Greeting):
+            self._offered = event.methods
+        elif isinstance(event, CommandRequest):
             self._request = event
         self._move(event)
         return event
@@ -160,8 +163,16 @@ class ServerConnection:
         # to encode), so only server messages get as far as the transition table.
         if not isinstance(event, MethodSelection | AuthReply | CommandReply):
             raise LocalProtocolError(f"{type(event).__name__} is not a server message")
-        if isinstance(event, MethodSelection) and event.method not in _SELECTABLE:
-            raise LocalProtocolError(f"method {event.method.name} cannot be selected")
+        if isinstance(event, MethodSelection):
+            if event.method not in _SELECTABLE:
+                raise LocalProtocolError(f"method {event.method.name} cannot be selected")
+            # RFC 1928 §3: "The server selects from one of the methods given in METHODS";
+            # X'FF' is the one answer that needs no offer.
+            if (
+                event.method is not AuthMethod.NO_ACCEPTABLE_METHODS
+                and event.method not in self._offered
+            ):
+                raise LocalProtocolError(f"method {event.method.name} was not offered")
         self._move(event)
         return event.encode()
 
