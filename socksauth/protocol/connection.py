@@ -157,7 +157,20 @@ class ServerConnection:
     # --- output ---------------------------------------------------------------------------
 
     def send(self, event: ServerEvent) -> bytes:
-        """The wire bytes of ``event``, after checking it is legal now."""
+        """The wire bytes of ``event``, after checking it is legal now.
+
+        An illegal event raises LocalProtocolError and leaves the connection in ERROR: what
+        the client has been told is no longer known, so nothing more may be sent or read.
+        """
+        try:
+            self._check_server_event(event)
+            self._move(event)
+        except LocalProtocolError:
+            self.state = State.ERROR
+            raise
+        return event.encode()
+
+    def _check_server_event(self, event: ServerEvent) -> None:
         # A client event here would drive the client half of the table (a Greeting "sent" in
         # AWAIT_GREETING moved to SEND_METHOD; ConnectionClosed moved to CLOSED, then failed
         # to encode), so only server messages get as far as the transition table.
@@ -173,8 +186,6 @@ class ServerConnection:
                 and event.method not in self._offered
             ):
                 raise LocalProtocolError(f"method {event.method.name} was not offered")
-        self._move(event)
-        return event.encode()
 
     @property
     def request(self) -> CommandRequest | None:
