@@ -102,6 +102,7 @@ def database_errors() -> Iterator[None]:
     except sqlalchemy.exc.DBAPIError as error:
         # The driver's own message (e.g. 'database "x" does not exist'); it never carries the
         # URL, unlike SQLAlchemy's rendering which appends the statement and a link.
-        raise DatabaseError(f"database: {str(error.orig).strip().splitlines()[0]}") from None
+        lines = str(error.orig).strip().splitlines()
+        raise DatabaseError(f"database: {lines[0] if lines else type(error.orig).__name__}") from None
     except OSError as error:
         raise DatabaseError(f"database: {error.strerror or error}") from None
