@@ -103,6 +103,7 @@ def database_errors() -> Iterator[None]:
         # The driver's own message (e.g. 'database "x" does not exist'); it never carries the
         # URL, unlike SQLAlchemy's rendering which appends the statement and a link.
         lines = str(error.orig).strip().splitlines()
-        raise DatabaseError(f"database: {lines[0] if lines else type(error.orig).__name__}") from None
+        reason = lines[0] if lines else type(error.orig).__name__
+        raise DatabaseError(f"database: {reason}") from None
     except OSError as error:
         raise DatabaseError(f"database: {error.strerror or error}") from None
