@@ -5,10 +5,12 @@ No SQLAlchemy here: this is the only store module that auth, audit and server im
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
+from uuid import UUID
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -66,4 +68,111 @@ class UserStore(UserLookup, Protocol):
 
     async def list_users(self) -> Sequence[UserRecord]:
         """Every account, ordered by username."""
+        ...
+
+
+# An audit entry's ``outcome`` for rows left open by a process that died (set at next start).
+INTERRUPTED = "interrupted"
+# What ``AuditQuery.outcome`` matches for rows still open (their outcome column is NULL).
+OPEN = "open"
+# The outcome of a wrong password, unknown or disabled user: a "failed login" in the stats.
+AUTH_FAILED = "auth_failed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEntry:
+    """One row of the audit: a tunnel, association or binding, or a failed handshake.
+
+    ``ended_at`` and ``outcome`` are None while the connection is open. ``command`` is None for
+    a handshake that never reached the request (a failed login, no acceptable method, a
+    protocol error). Datetimes are aware, UTC. No password, ever.
+    """
+
+    id: UUID
+    node: str
+    client_host: str
+    client_port: int
+    started_at: datetime
+    username: str | None = None
+    command: str | None = None
+    target_host: str | None = None
+    target_port: int | None = None
+    dialed: str | None = None
+    reply: int | None = None
+    outcome: str | None = None
+    ended_at: datetime | None = None
+    duration_seconds: float | None = None
+    bytes_from_client: int = 0
+    bytes_to_client: int = 0
+    datagrams_from_client: int = 0
+    datagrams_to_client: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.ended_at is None
+
+
+class AuditSink(Protocol):
+    """Where the audit log writes: idempotent, so a batch may be retried or replayed."""
+
+    async def write_batch(self, entries: Sequence[AuditEntry]) -> None:
+        """Upsert by id in one transaction: an open entry never overwrites a row that exists
+        (it may have been completed already); a finished entry inserts or completes the row.
+
+        Raises:
+            DatabaseError: the database is unreachable or refused the batch.
+        """
+        ...
+
+    async def close_interrupted(self, node: str, at: datetime) -> int:
+        """Close ``node``'s open rows (a crashed process's) as INTERRUPTED; how many."""
+        ...
+
+
+class SortOrder(enum.Enum):
+    NEWEST_FIRST = "newest"
+    OLDEST_FIRST = "oldest"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditQuery:
+    """Filters for listing audit entries; None means "any"."""
+
+    username: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    target: str | None = None  # substring of the requested host or the dialled address
+    outcome: str | None = None  # an outcome value, or OPEN
+    limit: int | None = 100
+    order: SortOrder = SortOrder.NEWEST_FIRST
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserStats:
+    """One user's activity in a period. ``username`` None: clients that never authenticated."""
+
+    username: str | None
+    connections: int  # entries that reached the request stage
+    failed_logins: int
+    bytes_from_client: int
+    bytes_to_client: int
+    tunnel_seconds: float  # of the finished connections
+    last_seen: datetime
+
+
+class AuditReader(Protocol):
+    """The audit as the CLI reads and prunes it."""
+
+    async def find_entries(self, query: AuditQuery) -> Sequence[AuditEntry]:
+        """Entries matching ``query``, ordered by start time."""
+        ...
+
+    async def user_stats(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> Sequence[UserStats]:
+        """Per-user totals of entries started in [since, until), ordered by username."""
+        ...
+
+    async def prune(self, before: datetime) -> int:
+        """Delete finished entries that started before ``before``; how many were deleted."""
         ...

@@ -1,0 +1,197 @@
+"""SqlAuditStore: the audit_events table behind AuditSink (batched upserts) and AuditReader."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Table, case, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from socksauth.store.database import database_errors
+from socksauth.store.interfaces import (
+    AUTH_FAILED,
+    INTERRUPTED,
+    OPEN,
+    AuditEntry,
+    AuditQuery,
+    SortOrder,
+    UserStats,
+)
+from socksauth.store.models import AuditRow
+
+_AUDIT: Table = AuditRow.__table__  # type: ignore[assignment]
+_COLUMNS = tuple(column.name for column in _AUDIT.columns)
+# A finished entry completes an open row: everything but who and when it started may change.
+_COMPLETED = tuple(name for name in _COLUMNS if name not in ("id", "node", "started_at"))
+# Rows per INSERT statement: 18 parameters each stays under the bind limits of both databases
+# (32767 for asyncpg, 32766 for SQLite ≥ 3.32).
+_ROWS_PER_STATEMENT = 1000
+
+
+class SqlAuditStore:
+    """The audit in SQL. Writes are multi-row INSERT … ON CONFLICT upserts keyed by the
+    proxy-generated id, so retrying or replaying a batch is harmless.
+    """
+
+    __slots__ = ("_dialect", "_engine")
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+
+    async def write_batch(self, entries: Sequence[AuditEntry]) -> None:
+        """Upsert ``entries`` in one transaction (see AuditSink.write_batch).
+
+        Raises:
+            DatabaseError: the database is unreachable or refused the batch.
+        """
+        opened = [_values(entry) for entry in entries if entry.is_open]
+        finished = [_values(entry) for entry in entries if not entry.is_open]
+        with database_errors():
+            async with self._engine.begin() as conn:
+                for start in range(0, len(opened), _ROWS_PER_STATEMENT):
+                    chunk = opened[start : start + _ROWS_PER_STATEMENT]
+                    insert = self._insert().values(chunk)
+                    await conn.execute(insert.on_conflict_do_nothing(index_elements=["id"]))
+                for start in range(0, len(finished), _ROWS_PER_STATEMENT):
+                    chunk = finished[start : start + _ROWS_PER_STATEMENT]
+                    insert = self._insert().values(chunk)
+                    await conn.execute(
+                        insert.on_conflict_do_update(
+                            index_elements=["id"],
+                            set_={name: insert.excluded[name] for name in _COMPLETED},
+                        )
+                    )
+
+    async def close_interrupted(self, node: str, at: datetime) -> int:
+        """Close ``node``'s open rows as INTERRUPTED at ``at``; how many there were."""
+        at = _to_utc(at)
+        with database_errors():
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    update(AuditRow)
+                    .where(AuditRow.node == node, AuditRow.ended_at.is_(None))
+                    .values(ended_at=at, outcome=INTERRUPTED)
+                )
+        return int(result.rowcount)
+
+    async def find_entries(self, query: AuditQuery) -> Sequence[AuditEntry]:
+        """Entries matching ``query``, ordered by start time (then id, for a stable order)."""
+        conditions = _period(query.since, query.until)
+        if query.username is not None:
+            conditions.append(AuditRow.username == query.username)
+        if query.target is not None:
+            conditions.append(
+                or_(
+                    AuditRow.target_host.contains(query.target, autoescape=True),
+                    AuditRow.dialed.contains(query.target, autoescape=True),
+                )
+            )
+        if query.outcome == OPEN:
+            conditions.append(AuditRow.ended_at.is_(None))
+        elif query.outcome is not None:
+            conditions.append(AuditRow.outcome == query.outcome)
+        if query.order is SortOrder.NEWEST_FIRST:
+            order = (AuditRow.started_at.desc(), AuditRow.id.desc())
+        else:
+            order = (AuditRow.started_at.asc(), AuditRow.id.asc())
+        statement = select(_AUDIT).where(*conditions).order_by(*order).limit(query.limit)
+        with database_errors():
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(statement)).all()
+        return [_entry(row) for row in rows]
+
+    async def user_stats(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> Sequence[UserStats]:
+        """Per-user totals of entries started in [since, until), ordered by username."""
+        statement = (
+            select(
+                AuditRow.username,
+                func.sum(case((AuditRow.command.is_not(None), 1), else_=0)).label("connections"),
+                func.sum(case((AuditRow.outcome == AUTH_FAILED, 1), else_=0)).label("failed"),
+                func.coalesce(func.sum(AuditRow.bytes_from_client), 0).label("from_client"),
+                func.coalesce(func.sum(AuditRow.bytes_to_client), 0).label("to_client"),
+                func.coalesce(func.sum(AuditRow.duration_seconds), 0.0).label("seconds"),
+                func.max(func.coalesce(AuditRow.ended_at, AuditRow.started_at)).label("last"),
+            )
+            .where(*_period(since, until))
+            .group_by(AuditRow.username)
+        )
+        with database_errors():
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(statement)).all()
+        stats = [
+            UserStats(
+                username=row.username,
+                connections=int(row.connections),
+                failed_logins=int(row.failed),
+                bytes_from_client=int(row.from_client),
+                bytes_to_client=int(row.to_client),
+                tunnel_seconds=float(row.seconds),
+                last_seen=_from_db(row.last),
+            )
+            for row in rows
+        ]
+        # Sorted here: PostgreSQL's ORDER BY follows the server's collation, SQLite's is binary.
+        return sorted(stats, key=lambda item: (item.username is not None, item.username or ""))
+
+    async def prune(self, before: datetime) -> int:
+        """Delete finished entries that started before ``before``; how many were deleted."""
+        with database_errors():
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    delete(AuditRow).where(
+                        AuditRow.started_at < _to_utc(before), AuditRow.ended_at.is_not(None)
+                    )
+                )
+        return int(result.rowcount)
+
+    def _insert(self) -> Any:
+        # ON CONFLICT is spelled the same on both, but each dialect has its own insert().
+        if self._dialect == "postgresql":
+            return postgresql.insert(_AUDIT)
+        return sqlite.insert(_AUDIT)
+
+
+def _period(since: datetime | None, until: datetime | None) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if since is not None:
+        conditions.append(AuditRow.started_at >= _to_utc(since))
+    if until is not None:
+        conditions.append(AuditRow.started_at < _to_utc(until))
+    return conditions
+
+
+def _values(entry: AuditEntry) -> dict[str, Any]:
+    values = {name: getattr(entry, name) for name in _COLUMNS}
+    values["started_at"] = _to_utc(entry.started_at)
+    if entry.ended_at is not None:
+        values["ended_at"] = _to_utc(entry.ended_at)
+    return values
+
+
+def _entry(row: Any) -> AuditEntry:
+    values = {name: getattr(row, name) for name in _COLUMNS}
+    values["started_at"] = _from_db(row.started_at)
+    if row.ended_at is not None:
+        values["ended_at"] = _from_db(row.ended_at)
+    return AuditEntry(**values)
+
+
+def _to_utc(moment: datetime) -> datetime:
+    # SQLite stores the wall-clock digits without a zone: every instant goes in as UTC.
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("audit times must be timezone-aware datetimes")
+    return moment.astimezone(UTC)
+
+
+def _from_db(moment: datetime) -> datetime:
+    # SQLite hands back the naive UTC value we stored; PostgreSQL an aware one.
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
