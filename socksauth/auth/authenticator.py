@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 
 from socksauth.auth import passwords
+from socksauth.auth.cache import VerificationCache
 from socksauth.logs import get_logger
 from socksauth.store.interfaces import UserLookup, UserRecord
 
@@ -76,10 +77,17 @@ class LoginRecorder:
 class Authenticator:
     """Checks RFC 1929 credentials against the user store."""
 
-    def __init__(self, users: UserLookup, executor: Executor, logins: LoginRecorder) -> None:
+    def __init__(
+        self,
+        users: UserLookup,
+        executor: Executor,
+        logins: LoginRecorder,
+        cache: VerificationCache | None = None,
+    ) -> None:
         self._users = users
         self._executor = executor
         self._logins = logins
+        self._cache = cache if cache is not None else VerificationCache()
         self._dummy_hash: str | None = None
 
     async def start(self) -> None:
@@ -95,6 +103,10 @@ class Authenticator:
         user = await self._users.get_user(username)
         usable = user is not None and user.enabled
         stored_hash = user.password_hash if user is not None and usable else self._dummy_hash
+        if usable and self._cache.contains(username, stored_hash, password):
+            assert user is not None
+            self._logins.record(user.username)
+            return user
         loop = asyncio.get_running_loop()
         matches = await loop.run_in_executor(
             self._executor, passwords.verify_password, password, stored_hash
@@ -102,13 +114,15 @@ class Authenticator:
         if not (matches and usable and user is not None):
             return None
         if passwords.needs_rehash(stored_hash):
-            await self._rehash(user, password, loop)
+            stored_hash = await self._rehash(user, password, loop)
+        self._cache.add(username, stored_hash, password)
         self._logins.record(user.username)
         return user
 
     async def _rehash(
         self, user: UserRecord, password: str, loop: asyncio.AbstractEventLoop
-    ) -> None:
+    ) -> str:
+        """Upgrade the stored hash; returns the hash now stored (the old one if that failed)."""
         # The parameters were raised since this hash was made: upgrade it now that we hold
         # the password, compare-and-set so a concurrent `user passwd` wins.
         new_hash = await loop.run_in_executor(self._executor, passwords.hash_password, password)
@@ -116,3 +130,5 @@ class Authenticator:
             await self._users.replace_password_hash(user.username, user.password_hash, new_hash)
         except Exception:
             log.exception("could not store the rehashed password of %r", user.username)
+            return user.password_hash
+        return new_hash

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from socksauth.auth import accounts, passwords
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
+from socksauth.auth.cache import VerificationCache
 from socksauth.store.users import SqlUserStore
 
 
@@ -135,3 +136,38 @@ async def test_verification_does_not_block_the_event_loop(authenticator: Authent
     await ticker
     # A blocked loop would tick a handful of times; a free one ticks every millisecond or so.
     assert ticks >= elapsed / 0.001 / 4
+
+
+async def test_a_repeated_login_is_answered_from_the_cache_but_a_wrong_password_is_not(
+    store: SqlUserStore,
+) -> None:
+    executor = ThreadPoolExecutor(max_workers=1)
+    cache = VerificationCache()
+    try:
+        async with LoginRecorder(store, interval_seconds=3600) as logins:
+            auth = Authenticator(store, executor, logins, cache)
+            await auth.start()
+            assert await auth.authenticate("alice", "correct horse") is not None
+            assert cache.hits == 0
+            assert await auth.authenticate("alice", "correct horse") is not None
+            assert cache.hits == 1
+            started = time.perf_counter()
+            assert await auth.authenticate("alice", "correct hors") is None
+            wrong_took = time.perf_counter() - started
+            # A full argon2 verification, not a cache answer: milliseconds, not microseconds.
+            assert wrong_took > 0.002
+            assert cache.hits == 1
+            # The account state is read on every login, cache or not.
+            await accounts.disable(store, "alice")
+            assert await auth.authenticate("alice", "correct horse") is None
+    finally:
+        executor.shutdown(wait=True)
+
+
+async def test_a_password_change_makes_the_old_password_fail_at_once(
+    authenticator: Authenticator, store: SqlUserStore
+) -> None:
+    assert await authenticator.authenticate("alice", "correct horse") is not None
+    await accounts.change_password(store, "alice", "battery staple")
+    assert await authenticator.authenticate("alice", "correct horse") is None
+    assert await authenticator.authenticate("alice", "battery staple") is not None
