@@ -1,4 +1,5 @@
-"""Composition root: builds engine → stores → auth → server in one AsyncExitStack; signals."""
+"""Composition root: builds engine → stores → auth → audit → server in one AsyncExitStack;
+signals."""
 
 from __future__ import annotations
 
@@ -10,18 +11,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from socksauth.audit import AuditLog
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
 from socksauth.config import Settings
 from socksauth.logs import get_logger
+from socksauth.server.audit import AuditObserver
 from socksauth.server.listener import ProxyServer
 from socksauth.store import migrate
+from socksauth.store.audit import SqlAuditStore
 from socksauth.store.database import (
     create_engine,
     database_errors,
+    default_audit_spill_path,
     default_sqlite_url,
     redact_url,
 )
-from socksauth.store.interfaces import UserStore
+from socksauth.store.interfaces import AuditReader, UserStore
 from socksauth.store.users import SqlUserStore
 
 log = get_logger("app")
@@ -37,6 +42,18 @@ async def open_user_store(database_url: str) -> AsyncIterator[UserStore]:
         with database_errors():
             await migrate.ensure_current(engine)
             yield SqlUserStore(engine)
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def open_audit_reader(database_url: str) -> AsyncIterator[AuditReader]:
+    """The audit on a schema that is current, for `socksauth audit` and `socksauth stats`."""
+    engine = create_engine(database_url)
+    try:
+        with database_errors():
+            await migrate.ensure_current(engine)
+            yield SqlAuditStore(engine)
     finally:
         await engine.dispose()
 
@@ -78,7 +95,18 @@ async def running_server(settings: Settings) -> AsyncIterator[ProxyServer]:
         logins = await stack.enter_async_context(LoginRecorder(users))
         authenticator = Authenticator(users, executor, logins)
         await authenticator.start()
-        server = await stack.enter_async_context(ProxyServer(settings, authenticator))
+        # Entered before the server, so it is flushed after the server has stopped and every
+        # client's entry is in.
+        audit_log = await stack.enter_async_context(
+            AuditLog(
+                SqlAuditStore(engine),
+                node=settings.node_name,
+                spill_path=settings.audit_spill_path
+                or default_audit_spill_path(settings.database_url, settings.node_name),
+            )
+        )
+        observer = AuditObserver(audit_log, settings.node_name)
+        server = await stack.enter_async_context(ProxyServer(settings, authenticator, observer))
         log.info("serving with users from %s", redact_url(settings.database_url))
         yield server
 

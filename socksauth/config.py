@@ -6,6 +6,7 @@ import ipaddress
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from socksauth.errors import ConfigError
 
@@ -79,7 +80,12 @@ class Settings:
     # Argon2 needs ~19 MiB and one core per verification: more threads than cores only queue.
     password_verify_threads: int = field(default_factory=default_workers)
     relay_buffer_bytes: int = 256 * 1024
+    # Names this process in the audit (several nodes may share a database); at start, rows
+    # this node left open are closed as interrupted: give each process its own name.
     node_name: str = field(default_factory=lambda: os.uname().nodename)
+    # Where audit entries go while the database is unreachable; None: next to the SQLite
+    # file, else $XDG_STATE_HOME/socksauth/audit-spill-NODE.jsonl.
+    audit_spill_path: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -91,6 +97,8 @@ class Settings:
             raise ConfigError("password_verify_threads: must be at least 1")
         if self.relay_buffer_bytes < 4096:
             raise ConfigError("relay_buffer_bytes: must be at least 4096")
+        if not self.node_name or len(self.node_name) > 255:
+            raise ConfigError("node_name: must be 1 to 255 characters")
 
     def is_trusted(self, host: str) -> bool:
         """Whether a client at ``host`` may skip authentication (method 0x00)."""

@@ -7,7 +7,8 @@ import enum
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Protocol, cast
+from uuid import UUID
 
 from socksauth import protocol
 from socksauth.auth.authenticator import Authenticator
@@ -87,11 +88,33 @@ class ConnectionRecord:
     bytes_to_client: int = 0
     datagrams_from_client: int = 0  # UDP ASSOCIATE only
     datagrams_to_client: int = 0
+    audit_id: UUID | None = None  # set by the observer that writes the audit row
 
     @property
     def client(self) -> str:
         host = f"[{self.client_host}]" if ":" in self.client_host else self.client_host
         return f"{host}:{self.client_port}"
+
+
+class ConnectionObserver(Protocol):
+    """Told when a tunnel, association or binding opens and when a client is done (the audit).
+
+    Both are called on the event loop and must neither block nor raise.
+    """
+
+    def opened(self, record: ConnectionRecord) -> None: ...
+
+    def finished(self, record: ConnectionRecord) -> None: ...
+
+
+class NoObserver:
+    """The observer when nothing is audited (tests and benchmarks of the proxy alone)."""
+
+    def opened(self, record: ConnectionRecord) -> None:
+        pass
+
+    def finished(self, record: ConnectionRecord) -> None:
+        pass
 
 
 class _HandshakeProtocol(asyncio.BufferedProtocol):
@@ -167,10 +190,12 @@ class ClientConnection:
         settings: Settings,
         authenticator: Authenticator,
         dialer: Dialer,
+        observer: ConnectionObserver | None = None,
     ) -> None:
         self._settings = settings
         self._authenticator = authenticator
         self._dialer = dialer
+        self._observer = observer or NoObserver()
         self._conn = ServerConnection()
         self.protocol = _HandshakeProtocol(self._conn)
         self.relay: Relay | None = None
@@ -219,6 +244,7 @@ class ClientConnection:
             record.duration_seconds = time.monotonic() - record.started
             record.ended_at = record.started_at + timedelta(seconds=record.duration_seconds)
             _log_finished(record)
+            self._observer.finished(record)
         return record
 
     async def _next_event(self) -> ClientEvent:
@@ -293,6 +319,9 @@ class ClientConnection:
     ) -> None:
         record.reply = reply
         transport.write(self._conn.send(CommandReply(reply, bound or Address.unspecified())))
+        if reply is Reply.SUCCEEDED:
+            # The tunnel (association, binding) exists from here: so does its audit row.
+            self._observer.opened(record)
 
     async def _connect(
         self, transport: asyncio.Transport, target: Address, record: ConnectionRecord

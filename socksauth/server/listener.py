@@ -8,7 +8,7 @@ from types import TracebackType
 from socksauth.auth.authenticator import Authenticator
 from socksauth.config import ListenAddress, Settings
 from socksauth.logs import get_logger
-from socksauth.server.client import ClientConnection
+from socksauth.server.client import ClientConnection, ConnectionObserver
 from socksauth.server.outbound import Dialer
 
 log = get_logger("server")
@@ -17,9 +17,15 @@ log = get_logger("server")
 class ProxyServer:
     """Accepts clients on every listen address and runs one ClientConnection task per client."""
 
-    def __init__(self, settings: Settings, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        authenticator: Authenticator,
+        observer: ConnectionObserver | None = None,
+    ) -> None:
         self._settings = settings
         self._authenticator = authenticator
+        self._observer = observer
         self._dialer = Dialer(settings.connect_timeout_seconds)
         self._servers: list[asyncio.Server] = []
         self._clients: dict[asyncio.Task[object], ClientConnection] = {}
@@ -43,7 +49,7 @@ class ProxyServer:
                 log.info("listening on %s", bound)
 
     def _accept(self) -> asyncio.BaseProtocol:
-        client = ClientConnection(self._settings, self._authenticator, self._dialer)
+        client = ClientConnection(self._settings, self._authenticator, self._dialer, self._observer)
         task = asyncio.get_running_loop().create_task(client.run())
         self._clients[task] = client
         task.add_done_callback(self._forget)

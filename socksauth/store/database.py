@@ -85,6 +85,21 @@ def default_sqlite_url() -> str:
     return f"{SQLITE_DRIVER}:///{directory / 'socksauth.sqlite3'}"
 
 
+def default_audit_spill_path(url: str, node: str) -> Path:
+    """Where audit entries wait while the database is unreachable: next to a SQLite file,
+    else ``$XDG_STATE_HOME/socksauth/audit-spill-NODE.jsonl`` (default ``~/.local/state``).
+    """
+    parsed = parse_url(url)
+    if parsed.drivername == SQLITE_DRIVER and parsed.database not in (None, "", ":memory:"):
+        database = Path(parsed.database or "")
+        return database.with_name(database.name + ".audit-spill.jsonl")
+    state_home = Path(os.environ.get("XDG_STATE_HOME") or "")
+    if not state_home.is_absolute():
+        state_home = Path.home() / ".local" / "state"
+    safe_node = "".join(c if c.isalnum() or c in "-_." else "_" for c in node)
+    return state_home / "socksauth" / f"audit-spill-{safe_node}.jsonl"
+
+
 def _set_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
