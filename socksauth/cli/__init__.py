@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from socksauth import __version__
+from socksauth.cli.audit import audit, stats
 from socksauth.cli.db import db
 from socksauth.cli.serve import quickstart, serve
 from socksauth.cli.users import user
@@ -20,3 +21,5 @@ main.add_command(serve)
 main.add_command(quickstart)
 main.add_command(user)
 main.add_command(db)
+main.add_command(audit)
+main.add_command(stats)
