@@ -128,7 +128,9 @@ class Relay:
         return self.from_client.count, self.to_client.count
 
     async def wait(self) -> RelayResult:
-        reason = await self._done
+        # Shielded: cancelling the waiter (server shutdown) must not cancel ``_done`` itself,
+        # or close() would find it done and leave both transports open.
+        reason = await asyncio.shield(self._done)
         return RelayResult(self.from_client.count, self.to_client.count, reason)
 
     def close(self, reason: CloseReason = CloseReason.SHUTDOWN) -> None:

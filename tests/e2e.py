@@ -1,0 +1,364 @@
+"""End-to-end pieces: loopback targets (echo, HTTP), a running proxy with users, a raw client.
+
+Everything listens on 127.0.0.1 (or ::1) port 0 and talks to loopback only. Shared by
+tests/server, tests/interop and tests/cli; their conftest.py files import the fixtures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from socksauth import app
+from socksauth.auth import accounts
+from socksauth.config import ListenAddress, Settings
+from socksauth.server.listener import ProxyServer
+from socksauth.store.users import SqlUserStore
+
+ALICE, ALICE_PASSWORD = "alice", "alice-Secret-8d1f"
+BOB, BOB_PASSWORD = "bob", "bob-Secret-51c7"
+
+HTTP_BODY = b"hello from the loopback target\n"
+
+# Every wait in these tests is bounded by this, far below pytest's 60 s timeout.
+WAIT_SECONDS = 10.0
+
+
+# --- polling with a bound, for conditions no event announces --------------------------------
+
+
+async def eventually(
+    condition: Callable[[], bool], timeout: float = WAIT_SECONDS, what: str = "condition"
+) -> None:
+    """Return once ``condition()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+# --- targets ----------------------------------------------------------------------------------
+
+
+@dataclass
+class EchoServer:
+    """Echoes every byte back; on the client's FIN it finishes echoing, then closes.
+
+    ``peers`` lists the address of each connection as the echo server saw it (the proxy's
+    outbound socket). ``read_delay_seconds`` makes it a slow reader (flow control tests);
+    ``reading`` can be cleared to stop reading altogether.
+    """
+
+    host: str
+    port: int = 0
+    peers: list[tuple[str, int]] = field(default_factory=list)
+    read_delay_seconds: float = 0.0
+    read_bytes: int = 64 * 1024
+    reading: asyncio.Event = field(default_factory=asyncio.Event)
+    accepted: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when a connection ended: the proxy's side closed (FIN or reset) and we closed ours.
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    sockets: list[socket.socket] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        self.peers.append((peer[0], peer[1]))
+        self.sockets.append(writer.get_extra_info("socket"))
+        self.accepted.set()
+        try:
+            while True:
+                await self.reading.wait()
+                data = await reader.read(self.read_bytes)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+                if self.read_delay_seconds:
+                    await asyncio.sleep(self.read_delay_seconds)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            self.ended.set()
+
+
+@contextlib.asynccontextmanager
+async def running_echo_server(host: str = "127.0.0.1") -> AsyncIterator[EchoServer]:
+    echo = EchoServer(host)
+    echo.reading.set()
+    server = await asyncio.start_server(echo.handle, host, 0)
+    echo.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield echo
+        server.close()
+        # Connections the proxy left open must not outlive the test.
+        for sock in echo.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+@dataclass
+class HttpServer:
+    host: str
+    port: int
+    requests: list[bytes] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.requests.append(head)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                + f"Content-Length: {len(HTTP_BODY)}\r\n\r\n".encode()
+                + HTTP_BODY
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def running_http_server() -> AsyncIterator[HttpServer]:
+    """A minimal HTTP/1.1 server answering every request with ``HTTP_BODY``."""
+    http = HttpServer("127.0.0.1", 0)
+    server = await asyncio.start_server(http.handle, "127.0.0.1", 0)
+    http.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield http
+
+
+def closed_port() -> socket.socket:
+    """A bound, not listening socket: connecting to its port is refused, and the port stays
+    ours until the socket is closed, so nothing else starts listening there meanwhile."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+# --- the proxy --------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningProxy:
+    server: ProxyServer
+    settings: Settings
+    store: SqlUserStore
+
+    @property
+    def port(self) -> int:
+        return self.server.bound[0].port
+
+    def url(self, scheme: str = "socks5", user: str = ALICE, password: str = ALICE_PASSWORD) -> str:
+        return f"{scheme}://{user}:{password}@127.0.0.1:{self.port}"
+
+
+ProxyFactory = Callable[..., contextlib.AbstractAsyncContextManager[RunningProxy]]
+
+
+async def add_test_users(engine: AsyncEngine) -> SqlUserStore:
+    store = SqlUserStore(engine)
+    await accounts.add_user(store, ALICE, ALICE_PASSWORD)
+    await accounts.add_user(store, BOB, BOB_PASSWORD)
+    return store
+
+
+def proxy_factory_for(database_url: str, store: SqlUserStore) -> ProxyFactory:
+    @contextlib.asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[RunningProxy]:
+        settings = Settings(
+            database_url=database_url,
+            listen=(ListenAddress(host="127.0.0.1", port=0),),
+            **overrides,
+        )
+        async with app.running_server(settings) as server:
+            yield RunningProxy(server, settings, store)
+
+    return start
+
+
+# --- fixtures (imported by the conftest.py files that use them) --------------------------------
+
+
+@pytest.fixture
+async def echo_server() -> AsyncIterator[EchoServer]:
+    async with running_echo_server() as echo:
+        yield echo
+
+
+@pytest.fixture
+async def http_server() -> AsyncIterator[HttpServer]:
+    async with running_http_server() as http:
+        yield http
+
+
+@pytest.fixture
+async def user_store(engine: AsyncEngine) -> SqlUserStore:
+    """The migrated database with alice and bob (passwords ALICE_PASSWORD, BOB_PASSWORD)."""
+    return await add_test_users(engine)
+
+
+@pytest.fixture
+def start_proxy(database_url: str, user_store: SqlUserStore) -> ProxyFactory:
+    """``async with start_proxy(**settings) as proxy``: a server with non-default settings."""
+    return proxy_factory_for(database_url, user_store)
+
+
+@pytest.fixture
+async def proxy(start_proxy: ProxyFactory) -> AsyncIterator[RunningProxy]:
+    """The proxy with default settings, on 127.0.0.1 and a free port."""
+    async with start_proxy() as running:
+        yield running
+
+
+# --- a raw SOCKS5 client ------------------------------------------------------------------------
+
+NO_AUTH, GSSAPI, USERNAME_PASSWORD = 0x00, 0x01, 0x02
+CONNECT, BIND, UDP_ASSOCIATE = 0x01, 0x02, 0x03
+ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6 = 0x01, 0x03, 0x04
+
+
+def greeting(*methods: int) -> bytes:
+    """RFC 1928 §3: VER | NMETHODS | METHODS."""
+    return bytes((5, len(methods), *methods))
+
+
+def credentials(username: str, password: str) -> bytes:
+    """RFC 1929 §2: VER=1 | ULEN | UNAME | PLEN | PASSWD."""
+    name, secret = username.encode(), password.encode()
+    return bytes((1, len(name))) + name + bytes((len(secret),)) + secret
+
+
+def encode_address(host: str, port: int) -> bytes:
+    """ATYP | DST.ADDR | DST.PORT for an IP literal or a domain name."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        name = host.encode()
+        return bytes((ATYP_DOMAIN, len(name))) + name + struct.pack("!H", port)
+    atyp = ATYP_IPV4 if ip.version == 4 else ATYP_IPV6
+    return bytes((atyp,)) + ip.packed + struct.pack("!H", port)
+
+
+def request(host: str, port: int, command: int = CONNECT) -> bytes:
+    """RFC 1928 §4: VER | CMD | RSV | ATYP | DST.ADDR | DST.PORT."""
+    return bytes((5, command, 0)) + encode_address(host, port)
+
+
+@dataclass(frozen=True)
+class CommandReply:
+    reply: int
+    host: str
+    port: int
+
+
+async def read_reply(reader: asyncio.StreamReader) -> CommandReply:
+    """RFC 1928 §6: VER | REP | RSV | ATYP | BND.ADDR | BND.PORT."""
+    async with asyncio.timeout(WAIT_SECONDS):
+        ver, rep, rsv, atyp = await reader.readexactly(4)
+        assert (ver, rsv) == (5, 0), f"reply starts {ver:#x} {rsv:#x}"
+        if atyp == ATYP_IPV4:
+            host = str(ipaddress.IPv4Address(await reader.readexactly(4)))
+        elif atyp == ATYP_IPV6:
+            host = str(ipaddress.IPv6Address(await reader.readexactly(16)))
+        else:
+            assert atyp == ATYP_DOMAIN, f"reply ATYP {atyp:#x}"
+            length = (await reader.readexactly(1))[0]
+            host = (await reader.readexactly(length)).decode()
+        (port,) = struct.unpack("!H", await reader.readexactly(2))
+    return CommandReply(rep, host, port)
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything until the server's FIN; fails on a reset or if no FIN comes in time."""
+    async with asyncio.timeout(WAIT_SECONDS):
+        return await reader.read()
+
+
+async def read_exactly(reader: asyncio.StreamReader, n: int) -> bytes:
+    async with asyncio.timeout(WAIT_SECONDS):
+        return await reader.readexactly(n)
+
+
+@contextlib.asynccontextmanager
+async def raw_connection(
+    port: int, host: str = "127.0.0.1"
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    async with asyncio.timeout(WAIT_SECONDS):
+        reader, writer = await asyncio.open_connection(host, port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def login(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    username: str = ALICE,
+    password: str = ALICE_PASSWORD,
+) -> None:
+    """Greeting offering username/password, then the credentials; asserts success."""
+    writer.write(greeting(USERNAME_PASSWORD))
+    assert await read_exactly(reader, 2) == b"\x05\x02"
+    writer.write(credentials(username, password))
+    assert await read_exactly(reader, 2) == b"\x01\x00"
+
+
+async def open_tunnel(
+    port: int, target_host: str, target_port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, CommandReply]:
+    """Log in as alice and CONNECT; the caller owns (and closes) the returned writer."""
+    async with asyncio.timeout(WAIT_SECONDS):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await login(reader, writer)
+    writer.write(request(target_host, target_port))
+    reply = await read_reply(reader)
+    return reader, writer, reply
+
+
+async def assert_serves_a_good_client(proxy_port: int, echo: EchoServer) -> None:
+    """A full exchange: login, CONNECT to the echo server, a round trip, a clean end."""
+    reader, writer, reply = await open_tunnel(proxy_port, echo.host, echo.port)
+    try:
+        assert reply.reply == 0x00
+        writer.write(b"still serving?")
+        assert await read_exactly(reader, 14) == b"still serving?"
+        writer.write_eof()
+        assert await read_until_closed(reader) == b""
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def with_timeout(awaitable: Awaitable[Any], seconds: float = WAIT_SECONDS) -> Any:
+    async with asyncio.timeout(seconds):
+        return await awaitable
