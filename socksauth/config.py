@@ -86,11 +86,23 @@ class Settings:
     # Where audit entries go while the database is unreachable; None: next to the SQLite
     # file, else $XDG_STATE_HOME/socksauth/audit-spill-NODE.jsonl.
     audit_spill_path: Path | None = None
+    # RFC 1928 §7 UDP ASSOCIATE and §6 BIND; each can be switched off (reply 0x07).
+    udp_enabled: bool = True
+    # An association also ends after this long without a datagram either way.
+    udp_idle_timeout_seconds: float = 120.0
+    bind_enabled: bool = True
+    # How long a BIND waits for the inbound connection before replying TTL expired (0x06).
+    bind_timeout_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.listen:
             raise ConfigError("listen: at least one address is needed")
-        for name in ("handshake_timeout_seconds", "connect_timeout_seconds"):
+        for name in (
+            "handshake_timeout_seconds",
+            "connect_timeout_seconds",
+            "udp_idle_timeout_seconds",
+            "bind_timeout_seconds",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be a positive number of seconds")
         if self.password_verify_threads < 1:

@@ -45,6 +45,18 @@ def _server_options(function: Callable[..., Any]) -> Callable[..., Any]:
             help="Seconds to connect to a target.",
         ),
         click.option(
+            "--udp/--no-udp",
+            default=True,
+            show_default=True,
+            help="Serve UDP ASSOCIATE (RFC 1928 §7); when off it gets reply 0x07.",
+        ),
+        click.option(
+            "--bind/--no-bind",
+            default=True,
+            show_default=True,
+            help="Serve BIND (RFC 1928 §6); when off it gets reply 0x07.",
+        ),
+        click.option(
             "--log-level",
             type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
             default="INFO",
@@ -63,6 +75,8 @@ def _settings(
     trusted_network: tuple[str, ...],
     handshake_timeout: float,
     connect_timeout: float,
+    udp: bool = True,
+    bind: bool = True,
 ) -> Settings:
     try:
         extra: dict[str, Any] = {}
@@ -73,6 +87,8 @@ def _settings(
             trusted_networks=parse_networks(trusted_network, "--trusted-network"),
             handshake_timeout_seconds=handshake_timeout,
             connect_timeout_seconds=connect_timeout,
+            udp_enabled=udp,
+            bind_enabled=bind,
             **extra,
         )
     except ConfigError as error:
@@ -87,10 +103,14 @@ def serve(
     trusted_network: tuple[str, ...],
     handshake_timeout: float,
     connect_timeout: float,
+    udp: bool,
+    bind: bool,
     log_level: str,
 ) -> None:
     """Run the proxy until SIGINT or SIGTERM."""
-    settings = _settings(database_url, listen, trusted_network, handshake_timeout, connect_timeout)
+    settings = _settings(
+        database_url, listen, trusted_network, handshake_timeout, connect_timeout, udp, bind
+    )
     logs.configure(log_level)
     run_command(_serve(settings))
 
@@ -115,13 +135,17 @@ def quickstart(
     trusted_network: tuple[str, ...],
     handshake_timeout: float,
     connect_timeout: float,
+    udp: bool,
+    bind: bool,
     log_level: str,
 ) -> None:
     """Set up the database, create a demo user with a fresh password, print a curl line, serve.
 
     For a first try on one machine: the demo user's password is (re)generated at every run.
     """
-    settings = _settings(database_url, listen, trusted_network, handshake_timeout, connect_timeout)
+    settings = _settings(
+        database_url, listen, trusted_network, handshake_timeout, connect_timeout, udp, bind
+    )
     logs.configure(log_level)
     password = passwords.generate_password()
     run_command(_quickstart(settings, username, password))

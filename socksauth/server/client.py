@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,8 +35,10 @@ from socksauth.protocol import (
     ServerConnection,
 )
 from socksauth.protocol.events import ClientEvent
+from socksauth.server.bind import Binding, expected_peers
 from socksauth.server.outbound import Dialer, reply_for_error
 from socksauth.server.relay import CloseReason, Relay
+from socksauth.server.udp import AssociationEnd, UdpAssociation, normalise_host
 
 log = get_logger("client")
 
@@ -57,6 +60,8 @@ class Outcome(enum.Enum):
     CLIENT_GONE = "client_gone"  # closed during the handshake
     UNSUPPORTED = "unsupported"
     CONNECT_FAILED = "connect_failed"
+    BIND_FAILED = "bind_failed"  # BIND: could not listen, or nobody connected in time
+    IDLE_TIMEOUT = "idle_timeout"  # UDP ASSOCIATE: no datagram for udp_idle_timeout_seconds
     ERROR = "error"
 
 
@@ -89,6 +94,7 @@ class ConnectionRecord:
     datagrams_from_client: int = 0  # UDP ASSOCIATE only
     datagrams_to_client: int = 0
     audit_id: UUID | None = None  # set by the observer that writes the audit row
+    datagrams_dropped: int = 0  # UDP: wrong source, FRAG != 0, malformed, not allowed, …
 
     @property
     def client(self) -> str:
@@ -134,6 +140,8 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self.lost = False
+        self.eof = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -154,6 +162,7 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
         self._wake()
 
     def eof_received(self) -> bool:
+        self.eof = True
         self._conn.receive_data(b"")
         self._wake()
         return True  # keep the transport open: a half-closed client still gets its reply
@@ -162,6 +171,8 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
         self.lost = True
         self._conn.receive_data(b"")  # end of stream; harmless if the FIN came first
         self._wake()
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -199,11 +210,12 @@ class ClientConnection:
         self._conn = ServerConnection()
         self.protocol = _HandshakeProtocol(self._conn)
         self.relay: Relay | None = None
+        self.association: UdpAssociation | None = None
         self.record: ConnectionRecord | None = None
 
     @property
     def in_handshake(self) -> bool:
-        return self.relay is None
+        return self.relay is None and self.association is None
 
     async def run(self) -> ConnectionRecord:
         # The task starts in the protocol factory, before asyncio calls connection_made.
@@ -304,11 +316,15 @@ class ClientConnection:
     async def _dispatch(
         self, transport: asyncio.Transport, request: CommandRequest, record: ConnectionRecord
     ) -> None:
-        if request.command is not Command.CONNECT:
+        if request.command is Command.CONNECT:
+            await self._connect(transport, request.address, record)
+        elif request.command is Command.BIND and self._settings.bind_enabled:
+            await self._bind(transport, request.address, record)
+        elif request.command is Command.UDP_ASSOCIATE and self._settings.udp_enabled:
+            await self._associate(transport, request.address, record)
+        else:
             self._reply(transport, Reply.COMMAND_NOT_SUPPORTED, record)
             record.outcome = Outcome.UNSUPPORTED
-            return
-        await self._connect(transport, request.address, record)
 
     def _reply(
         self,
@@ -326,7 +342,6 @@ class ClientConnection:
     async def _connect(
         self, transport: asyncio.Transport, target: Address, record: ConnectionRecord
     ) -> None:
-        loop = asyncio.get_running_loop()
         try:
             sock = await self._dialer.connect(target)
         except OSError as error:  # TimeoutError and socket.gaierror are OSErrors too
@@ -335,6 +350,18 @@ class ClientConnection:
             self._reply(transport, reply, record)
             record.outcome = Outcome.CONNECT_FAILED
             return
+        await self._tunnel(transport, sock, record, reply_with_peer=False)
+
+    async def _tunnel(
+        self,
+        transport: asyncio.Transport,
+        sock: socket.socket,
+        record: ConnectionRecord,
+        *,
+        reply_with_peer: bool,
+    ) -> None:
+        """Reply success, then relay between the client and ``sock`` (target or BIND peer)."""
+        loop = asyncio.get_running_loop()
         relay = Relay(self._settings.relay_buffer_bytes)
         try:
             target_transport, _ = await loop.create_connection(
@@ -348,19 +375,103 @@ class ClientConnection:
         bound = target_transport.get_extra_info("sockname")
         peer = target_transport.get_extra_info("peername")
         record.dialed = str(Address.from_host(peer[0], peer[1]))
-        # RFC 1928 §6: BND.ADDR/BND.PORT carry "the associated IP address" — the address the
-        # proxy used to connect to the target.
-        self._reply(transport, Reply.SUCCEEDED, record, Address.from_host(bound[0], bound[1]))
+        if reply_with_peer:
+            # RFC 1928 §6: in the second BIND reply "the BND.PORT and BND.ADDR fields contain
+            # the address and port number of the connecting host".
+            reply_address = Address.from_host(normalise_host(peer[0]), peer[1])
+        else:
+            # RFC 1928 §6: BND.ADDR/BND.PORT carry "the associated IP address" — the address
+            # the proxy used to connect to the target.
+            reply_address = Address.from_host(bound[0], bound[1])
+        self._reply(transport, Reply.SUCCEEDED, record, reply_address)
         trailing, client_eof = self._conn.trailing_data
         self.relay = relay
         relay.attach_client(transport, trailing, client_eof)
         result = await relay.wait()
         record.outcome = _OUTCOME_BY_CLOSE[result.reason]
 
+    async def _bind(
+        self, transport: asyncio.Transport, requested: Address, record: ConnectionRecord
+    ) -> None:
+        """RFC 1928 §6 BIND: listen, first reply, accept the expected peer, second reply, relay."""
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout_seconds):
+                expected = await expected_peers(requested)
+            binding = Binding(transport.get_extra_info("sockname")[0])
+        except (OSError, UnicodeError) as error:  # gaierror, timeout, EADDRNOTAVAIL, bad name
+            reply = reply_for_error(error)
+            log.info("%s: BIND %s failed: %s (%s)", record.client, requested, reply.name, error)
+            self._reply(transport, reply, record)
+            record.outcome = Outcome.BIND_FAILED
+            return
+        with binding:
+            # RFC 1928 §6: "The first is sent after the server creates and binds a new socket."
+            self._reply(transport, Reply.SUCCEEDED, record, binding.address)
+            try:
+                async with asyncio.timeout(self._settings.bind_timeout_seconds):
+                    sock = await binding.accept(expected, self._client_gone())
+            except TimeoutError:
+                # Nobody (expected) connected in time: "TTL expired", as for a CONNECT that
+                # timed out (reply_for_error).
+                log.info("%s: BIND %s: no connection in time", record.client, binding.address)
+                self._reply(transport, Reply.TTL_EXPIRED, record)
+                record.outcome = Outcome.BIND_FAILED
+                return
+        if sock is None:
+            record.outcome = Outcome.CLIENT_GONE
+            return
+        # "The second reply occurs only after the anticipated incoming connection succeeds".
+        await self._tunnel(transport, sock, record, reply_with_peer=True)
+
+    async def _client_gone(self) -> None:
+        """Returns once the client's connection is lost; bytes it sends meanwhile are kept
+        for the tunnel (trailing data), as are bytes pipelined after the request."""
+        while not (self.protocol.lost or self.protocol.eof):
+            await self.protocol.wait_for_data()
+        if not self.protocol.lost:
+            await asyncio.shield(self.protocol.closed)
+
+    async def _associate(
+        self, transport: asyncio.Transport, declared: Address, record: ConnectionRecord
+    ) -> None:
+        """RFC 1928 §7 UDP ASSOCIATE: open the relay, reply with its address, relay until the
+        control connection closes or the association is idle too long."""
+        association = UdpAssociation(
+            client_host=record.client_host,
+            # DST.ADDR/DST.PORT: where the client will send from, zeros if it does not know.
+            # Only the port is used; datagrams must come from the control connection's IP.
+            client_port=declared.port,
+            idle_timeout_seconds=self._settings.udp_idle_timeout_seconds,
+        )
+        try:
+            bound = await association.open(transport.get_extra_info("sockname")[0])
+        except OSError as error:
+            reply = reply_for_error(error)
+            log.info("%s: UDP ASSOCIATE failed: %s (%s)", record.client, reply.name, error)
+            self._reply(transport, reply, record)
+            record.outcome = Outcome.ERROR
+            return
+        self.association = association
+        try:
+            self._reply(transport, Reply.SUCCEEDED, record, bound)
+            _, client_eof = self._conn.trailing_data  # nothing more is defined on this stream
+            end = await association.run(transport, client_eof)
+            closed = end is AssociationEnd.CLOSED
+            record.outcome = Outcome.CLOSED if closed else Outcome.IDLE_TIMEOUT
+        finally:
+            await association.aclose()
+            counters = association.counters
+            record.dialed = counters.first_target
+            record.datagrams_from_client = counters.datagrams_from_client
+            record.datagrams_to_client = counters.datagrams_to_client
+            record.bytes_from_client = counters.bytes_from_client
+            record.bytes_to_client = counters.bytes_to_client
+            record.datagrams_dropped = counters.dropped_total
+
 
 def _log_finished(record: ConnectionRecord) -> None:
     log.info(
-        "%s user=%s %s %s out=%d in=%d %.3fs %s%s",
+        "%s user=%s %s %s out=%d in=%d %.3fs %s%s%s",
         record.client,
         record.username if record.username is not None else "-",
         record.command.name if record.command is not None else "-",
@@ -370,4 +481,10 @@ def _log_finished(record: ConnectionRecord) -> None:
         record.duration_seconds,
         record.outcome.value,
         f" reply={record.reply.name}" if record.reply not in (None, Reply.SUCCEEDED) else "",
+        (
+            f" datagrams out={record.datagrams_from_client} in={record.datagrams_to_client}"
+            f" dropped={record.datagrams_dropped}"
+            if record.command is Command.UDP_ASSOCIATE and record.reply is Reply.SUCCEEDED
+            else ""
+        ),
     )
