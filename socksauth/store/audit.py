@@ -68,13 +68,19 @@ class SqlAuditStore:
                     )
 
     async def close_interrupted(self, node: str, at: datetime) -> int:
-        """Close ``node``'s open rows as INTERRUPTED at ``at``; how many there were."""
+        """Close ``node``'s rows still open that started before ``at`` (the previous process's:
+        this one's started later) as INTERRUPTED at ``at``; how many there were.
+        """
         at = _to_utc(at)
         with database_errors():
             async with self._engine.begin() as conn:
                 result = await conn.execute(
                     update(AuditRow)
-                    .where(AuditRow.node == node, AuditRow.ended_at.is_(None))
+                    .where(
+                        AuditRow.node == node,
+                        AuditRow.ended_at.is_(None),
+                        AuditRow.started_at < at,
+                    )
                     .values(ended_at=at, outcome=INTERRUPTED)
                 )
         return int(result.rowcount)
@@ -116,7 +122,11 @@ class SqlAuditStore:
                 func.sum(case((AuditRow.outcome == AUTH_FAILED, 1), else_=0)).label("failed"),
                 func.coalesce(func.sum(AuditRow.bytes_from_client), 0).label("from_client"),
                 func.coalesce(func.sum(AuditRow.bytes_to_client), 0).label("to_client"),
-                func.coalesce(func.sum(AuditRow.duration_seconds), 0.0).label("seconds"),
+                # Tunnel time: a refused handshake's duration is not time spent tunnelling.
+                func.coalesce(
+                    func.sum(case((AuditRow.command.is_not(None), AuditRow.duration_seconds))),
+                    0.0,
+                ).label("seconds"),
                 func.max(func.coalesce(AuditRow.ended_at, AuditRow.started_at)).label("last"),
             )
             .where(*_period(since, until))

@@ -125,7 +125,8 @@ class AuditSink(Protocol):
         ...
 
     async def close_interrupted(self, node: str, at: datetime) -> int:
-        """Close ``node``'s open rows (a crashed process's) as INTERRUPTED; how many."""
+        """Close ``node``'s open rows that started before ``at`` (a crashed process's) as
+        INTERRUPTED at ``at``; how many."""
         ...
 
 
