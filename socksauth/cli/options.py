@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -30,16 +31,27 @@ def resolve_database_url(url: str | None) -> str:
     return url or app.default_database_url()
 
 
-def run_command(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; our errors become one line on stderr and an exit code.
+@contextlib.contextmanager
+def reported_errors() -> Iterator[None]:
+    """Our errors become one line on stderr and an exit code, never a traceback.
 
-    Bad input (a setting, a user name) exits 2; a database that is behind or unreachable, 1.
+    Bad input (a setting, a user name) exits 2; a database that is behind or unreachable, or
+    an address we cannot listen on, exits 1.
     """
     try:
-        return app.run(coroutine)
+        yield
     except (ConfigError, UserError) as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(2)
     except (SchemaOutOfDate, DatabaseError) as error:
         click.echo(f"Error: {error}", err=True)
         sys.exit(1)
+    except OSError as error:  # e.g. the listen address is in use
+        click.echo(f"Error: {error.strerror or error}", err=True)
+        sys.exit(1)
+
+
+def run_command(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine with reported_errors()."""
+    with reported_errors():
+        return app.run(coroutine)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+from collections.abc import Sequence
 from types import TracebackType
 
 from socksauth.auth.authenticator import Authenticator
@@ -13,6 +16,46 @@ from socksauth.server.outbound import Dialer
 
 log = get_logger("server")
 
+# Connections the kernel queues before accept(): bursts of clients (crawlers, benchmarks)
+# must not see refusals while the loop is busy.
+LISTEN_BACKLOG = 4096
+
+
+def bind_listeners(settings: Settings, copies: int) -> list[list[socket.socket]]:
+    """``copies`` sets of listening sockets, all on the same addresses and ports.
+
+    Each worker process gets one set; SO_REUSEPORT makes the kernel spread new connections
+    across them. Port 0 is resolved by the first socket, the others bind the same port.
+    """
+    sets: list[list[socket.socket]] = [[] for _ in range(copies)]
+    for address in settings.listen:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        seen: set[tuple[int, object]] = set()
+        port = address.port
+        for family, _, _, _, sockaddr in infos:
+            if (family, sockaddr[0]) in seen:
+                continue
+            seen.add((family, sockaddr[0]))
+            for worker_sockets in sets:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    if family == socket.AF_INET6:
+                        # As asyncio does: [::] means IPv6 only; list 0.0.0.0 for IPv4 too.
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.bind((sockaddr[0], port, *sockaddr[2:]))
+                    sock.listen(LISTEN_BACKLOG)
+                    sock.setblocking(False)
+                except BaseException:
+                    sock.close()
+                    raise
+                port = sock.getsockname()[1]
+                worker_sockets.append(sock)
+    return sets
+
 
 class ProxyServer:
     """Accepts clients on every listen address and runs one ClientConnection task per client."""
@@ -22,8 +65,12 @@ class ProxyServer:
         settings: Settings,
         authenticator: Authenticator,
         observer: ConnectionObserver | None = None,
+        listen_sockets: Sequence[socket.socket] = (),
     ) -> None:
+        """``listen_sockets``: already bound sockets to serve on instead of ``settings.listen``
+        (worker processes share one port through SO_REUSEPORT)."""
         self._settings = settings
+        self._listen_sockets = tuple(listen_sockets)
         self._authenticator = authenticator
         self._observer = observer
         self._dialer = Dialer(settings.connect_timeout_seconds)
@@ -33,20 +80,31 @@ class ProxyServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for address in self._settings.listen:
-            server = await loop.create_server(
-                self._accept,
-                host=address.host,
-                port=address.port,
-                reuse_address=True,
-                backlog=1024,
-            )
-            self._servers.append(server)
+        if self._listen_sockets:
+            for sock in self._listen_sockets:
+                self._servers.append(await loop.create_server(self._accept, sock=sock))
+        else:
+            for address in self._settings.listen:
+                self._servers.append(
+                    await loop.create_server(
+                        self._accept,
+                        host=address.host,
+                        port=address.port,
+                        reuse_address=True,
+                        backlog=LISTEN_BACKLOG,
+                    )
+                )
+        for server in self._servers:
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
                 bound = ListenAddress(host=host, port=port)
                 self.bound.append(bound)
-                log.info("listening on %s", bound)
+                # Workers serve sockets their supervisor bound and already announced.
+                log.log(
+                    logging.DEBUG if self._listen_sockets else logging.INFO,
+                    "listening on %s",
+                    bound,
+                )
 
     def _accept(self) -> asyncio.BaseProtocol:
         client = ClientConnection(self._settings, self._authenticator, self._dialer, self._observer)
