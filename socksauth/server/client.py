@@ -141,7 +141,6 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
         self._error: BaseException | None = None
         self.lost = False
         self.eof = False
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -171,8 +170,6 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
         self.lost = True
         self._conn.receive_data(b"")  # end of stream; harmless if the FIN came first
         self._wake()
-        if not self.closed.done():
-            self.closed.set_result(None)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -424,12 +421,11 @@ class ClientConnection:
         await self._tunnel(transport, sock, record, reply_with_peer=True)
 
     async def _client_gone(self) -> None:
-        """Returns once the client's connection is lost; bytes it sends meanwhile are kept
-        for the tunnel (trailing data), as are bytes pipelined after the request."""
+        """Returns once the client closes (EOF counts: a client that stops sending before
+        the second BIND reply has given up); bytes it sends meanwhile are kept for the
+        tunnel (trailing data), as are bytes pipelined after the request."""
         while not (self.protocol.lost or self.protocol.eof):
             await self.protocol.wait_for_data()
-        if not self.protocol.lost:
-            await asyncio.shield(self.protocol.closed)
 
     async def _associate(
         self, transport: asyncio.Transport, declared: Address, record: ConnectionRecord

@@ -251,16 +251,19 @@ async def test_datagrams_from_another_port_than_the_declared_one_are_dropped(
 async def test_with_a_zero_port_declared_the_first_sender_port_is_the_client(
     proxy: RunningProxy, echo: UdpEcho
 ) -> None:
-    async with udp_client() as first, udp_client() as second:
-        async with association(proxy.port, ("0.0.0.0", 0)) as (_, _, reply):
-            relay = (reply.host, reply.port)
-            first.send(header("127.0.0.1", echo.port) + b"first", relay)
-            assert split_reply_datagram(await first.receive())[2] == b"first"
-            second.send(header("127.0.0.1", echo.port) + b"second", relay)
-            first.send(header("127.0.0.1", echo.port) + b"first again", relay)
-            assert split_reply_datagram(await first.receive())[2] == b"first again"
-            assert [data for data, _ in echo.received] == [b"first", b"first again"]
-            assert second.queue.empty()
+    async with (
+        udp_client() as first,
+        udp_client() as second,
+        association(proxy.port, ("0.0.0.0", 0)) as (_, _, reply),
+    ):
+        relay = (reply.host, reply.port)
+        first.send(header("127.0.0.1", echo.port) + b"first", relay)
+        assert split_reply_datagram(await first.receive())[2] == b"first"
+        second.send(header("127.0.0.1", echo.port) + b"second", relay)
+        first.send(header("127.0.0.1", echo.port) + b"first again", relay)
+        assert split_reply_datagram(await first.receive())[2] == b"first again"
+        assert [data for data, _ in echo.received] == [b"first", b"first again"]
+        assert second.queue.empty()
 
 
 async def test_fragments_and_malformed_headers_are_dropped(
@@ -284,16 +287,19 @@ async def test_fragments_and_malformed_headers_are_dropped(
 async def test_datagrams_from_addresses_the_client_never_sent_to_do_not_reach_it(
     proxy: RunningProxy, echo: UdpEcho
 ) -> None:
-    async with udp_client() as client, udp_client() as stranger:
-        async with association(proxy.port, ("0.0.0.0", client.port)) as (_, _, reply):
-            relay = (reply.host, reply.port)
-            client.send(header("127.0.0.1", echo.port) + b"one", relay)
-            assert split_reply_datagram(await client.receive())[2] == b"one"
-            outbound = echo.received[0][1]  # the proxy's outbound socket, as the target saw it
-            stranger.send(b"unsolicited", (outbound[0], outbound[1]))
-            client.send(header("127.0.0.1", echo.port) + b"two", relay)
-            host, port, payload = split_reply_datagram(await client.receive())
-            assert (host, port, payload) == ("127.0.0.1", echo.port, b"two")
+    async with (
+        udp_client() as client,
+        udp_client() as stranger,
+        association(proxy.port, ("0.0.0.0", client.port)) as (_, _, reply),
+    ):
+        relay = (reply.host, reply.port)
+        client.send(header("127.0.0.1", echo.port) + b"one", relay)
+        assert split_reply_datagram(await client.receive())[2] == b"one"
+        outbound = echo.received[0][1]  # the proxy's outbound socket, as the target saw it
+        stranger.send(b"unsolicited", (outbound[0], outbound[1]))
+        client.send(header("127.0.0.1", echo.port) + b"two", relay)
+        host, port, payload = split_reply_datagram(await client.receive())
+        assert (host, port, payload) == ("127.0.0.1", echo.port, b"two")
 
 
 async def test_the_association_ends_when_its_tcp_connection_closes(
@@ -323,10 +329,12 @@ async def test_an_idle_association_is_closed_with_its_tcp_connection(
 
 
 async def test_udp_associate_switched_off_gets_reply_7(start_proxy: ProxyFactory) -> None:
-    async with start_proxy(udp_enabled=False) as proxy:
-        async with association(proxy.port) as (reader, _, reply):
-            assert reply.reply == 0x07
-            assert await read_until_closed(reader) == b""
+    async with (
+        start_proxy(udp_enabled=False) as proxy,
+        association(proxy.port) as (reader, _, reply),
+    ):
+        assert reply.reply == 0x07
+        assert await read_until_closed(reader) == b""
 
 
 @contextlib.asynccontextmanager
