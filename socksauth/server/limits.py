@@ -1,0 +1,208 @@
+"""Admission limits: connections in total, clients still in the handshake (per address and in
+total), concurrent connections per user, and token buckets for bandwidth. Counting only: no
+I/O and no clock of their own (the token bucket is given one)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from socksauth.auth.throttle import address_key
+from socksauth.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionCaps:
+    """Caps on accepted connections; None means no cap."""
+
+    # Every client connection, from accept to close.
+    max_connections: int | None = 10_000
+    # Clients that have not finished authenticating: they cost memory and, while their
+    # password is verified, 19 MiB and a core each; an attacker opens these for free.
+    max_unauthenticated: int | None = 1_000
+    # The same per client address (IPv6 by /64); also bounds how many wrong passwords one
+    # address has in flight before the login throttle sees them fail.
+    max_unauthenticated_per_address: int | None = 32
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_unauthenticated", "max_unauthenticated_per_address"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}: must be at least 1 (or no limit)")
+
+
+class Refusal(Exception):
+    """Why a connection was not admitted; the message is for the log."""
+
+
+class ClientSlot:
+    """One admitted client's place in the counts; release it once, when the client is gone."""
+
+    __slots__ = ("_address", "_limits", "_released", "_unauthenticated")
+
+    def __init__(self, limits: ConnectionLimits, address: str) -> None:
+        self._limits = limits
+        self._address = address
+        self._unauthenticated = True
+        self._released = False
+
+    def authenticated(self) -> None:
+        """The client is past authentication: it no longer counts as unauthenticated."""
+        if self._unauthenticated and not self._released:
+            self._unauthenticated = False
+            self._limits._leave_handshake(self._address)
+
+    def release(self) -> None:
+        """The client is gone. Idempotent."""
+        if self._released:
+            return
+        self.authenticated()
+        self._released = True
+        self._limits._leave(self)
+
+
+class ConnectionLimits:
+    """Counts clients at accept; ``admit`` refuses beyond the caps."""
+
+    def __init__(self, caps: ConnectionCaps) -> None:
+        self.caps = caps
+        self.connections = 0
+        self.unauthenticated = 0
+        self._unauthenticated_by_address: dict[str, int] = {}
+
+    def admit(self, client_host: str) -> ClientSlot:
+        """A slot for a new client at ``client_host``.
+
+        Raises:
+            Refusal: a cap is reached; close the connection without a word (nothing the
+                client could send yet would change it).
+        """
+        caps = self.caps
+        if caps.max_connections is not None and self.connections >= caps.max_connections:
+            raise Refusal(f"{self.connections} connections (max_connections)")
+        if (
+            caps.max_unauthenticated is not None
+            and self.unauthenticated >= caps.max_unauthenticated
+        ):
+            raise Refusal(f"{self.unauthenticated} clients in the handshake (max_unauthenticated)")
+        address = address_key(client_host)
+        waiting = self._unauthenticated_by_address.get(address, 0)
+        per_address = caps.max_unauthenticated_per_address
+        if per_address is not None and waiting >= per_address:
+            raise Refusal(
+                f"{waiting} clients from {address} in the handshake "
+                "(max_unauthenticated_per_address)"
+            )
+        self.connections += 1
+        self.unauthenticated += 1
+        self._unauthenticated_by_address[address] = waiting + 1
+        return ClientSlot(self, address)
+
+    def _leave_handshake(self, address: str) -> None:
+        self.unauthenticated -= 1
+        remaining = self._unauthenticated_by_address[address] - 1
+        if remaining:
+            self._unauthenticated_by_address[address] = remaining
+        else:
+            del self._unauthenticated_by_address[address]
+
+    def _leave(self, slot: ClientSlot) -> None:
+        self.connections -= 1
+
+    @property
+    def addresses_in_handshake(self) -> int:
+        return len(self._unauthenticated_by_address)
+
+
+class UserLease:
+    """One of a user's concurrent connections; release it once, when the connection ends."""
+
+    __slots__ = ("_counter", "_released", "username")
+
+    def __init__(self, counter: UserConnections, username: str) -> None:
+        self._counter = counter
+        self.username = username
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._counter._release(self.username)
+
+    def __enter__(self) -> UserLease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class UserConnections:
+    """Concurrent connections per user (tunnels, associations and bindings alike)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def acquire(self, username: str, limit: int | None) -> UserLease | None:
+        """A lease if ``username`` has fewer than ``limit`` connections (None: no limit)."""
+        count = self._counts.get(username, 0)
+        if limit is not None and count >= limit:
+            return None
+        self._counts[username] = count + 1
+        return UserLease(self, username)
+
+    def count(self, username: str) -> int:
+        return self._counts.get(username, 0)
+
+    def _release(self, username: str) -> None:
+        remaining = self._counts[username] - 1
+        if remaining:
+            self._counts[username] = remaining
+        else:
+            del self._counts[username]
+
+
+class TokenBucket:
+    """Bytes per second with a burst allowance, charged per chunk read, never per byte.
+
+    A chunk is charged whole even when the bucket holds less: the balance goes into debt and
+    ``consume`` says how long until it is paid off. The relay reads a chunk, forwards it,
+    and if there is debt pauses reading for that long. The average rate is exact; bursts are
+    bounded by ``burst_bytes`` plus one chunk.
+    """
+
+    __slots__ = ("_clock", "_last", "_tokens", "burst_bytes", "rate_bytes_per_second")
+
+    def __init__(
+        self,
+        rate_bytes_per_second: float,
+        burst_bytes: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not rate_bytes_per_second > 0:
+            raise ConfigError("bandwidth limit: must be a positive number of bytes per second")
+        self.rate_bytes_per_second = float(rate_bytes_per_second)
+        # One second's worth by default: smooth enough, and a small transfer is not slowed.
+        self.burst_bytes = float(burst_bytes if burst_bytes is not None else rate_bytes_per_second)
+        if self.burst_bytes < 0:
+            raise ConfigError("bandwidth burst: must not be negative")
+        self._clock = clock
+        self._last = clock()
+        self._tokens = self.burst_bytes
+
+    def consume(self, nbytes: int) -> float:
+        """Charge ``nbytes``; the seconds to wait before reading again (0.0: go on)."""
+        now = self._clock()
+        tokens = min(
+            self.burst_bytes, self._tokens + (now - self._last) * self.rate_bytes_per_second
+        )
+        self._last = now
+        tokens -= nbytes
+        self._tokens = tokens
+        return 0.0 if tokens >= 0 else -tokens / self.rate_bytes_per_second
+
+    @property
+    def tokens(self) -> float:
+        """The balance now (negative: debt)."""
+        now = self._clock()
+        return min(self.burst_bytes, self._tokens + (now - self._last) * self.rate_bytes_per_second)
