@@ -6,7 +6,7 @@ No SQLAlchemy here: this is the only store module that auth, audit and server im
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -23,6 +23,14 @@ class UserRecord:
     created_at: datetime
     updated_at: datetime
     last_login_at: datetime | None
+    # None: no limit / never expires.
+    max_connections: int | None = None
+    max_bandwidth_bytes_per_second: int | None = None
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        """Whether the account's expiry has passed at ``now`` (aware, UTC)."""
+        return self.expires_at is not None and now >= self.expires_at
 
     def __repr__(self) -> str:
         return (
@@ -68,6 +76,71 @@ class UserStore(UserLookup, Protocol):
 
     async def list_users(self) -> Sequence[UserRecord]:
         """Every account, ordered by username."""
+        ...
+
+    async def set_limits(
+        self,
+        username: str,
+        *,
+        max_connections: int | None,
+        max_bandwidth_bytes_per_second: int | None,
+        expires_at: datetime | None,
+    ) -> None:
+        """Replace the three limits (None: none); UserError if there is no such user."""
+        ...
+
+
+class LiveUsers(Protocol):
+    """What the server re-reads periodically to end the tunnels of changed accounts."""
+
+    async def get_users(self, usernames: Collection[str]) -> Mapping[str, UserRecord]:
+        """The accounts among ``usernames`` that exist, by name, in one query."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewRule:
+    """A destination rule as an administrator writes it; None criteria match anything.
+
+    ``action`` is "allow" or "deny"; ``command`` "connect", "bind" or "udp"; ``cidr`` an IP
+    network; ``domain`` a name or ``*.suffix``. server/policy.py gives them their meaning.
+    """
+
+    action: str
+    username: str | None = None
+    cidr: str | None = None
+    domain: str | None = None
+    port_min: int | None = None
+    port_max: int | None = None
+    command: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleRecord(NewRule):
+    """A stored rule: evaluated in ``position`` order (ties by ``id``)."""
+
+    id: int
+    position: int
+    created_at: datetime
+
+
+class RuleSource(Protocol):
+    """Where the server reads its destination rules."""
+
+    async def list_rules(self) -> Sequence[RuleRecord]:
+        """Every rule, in evaluation order."""
+        ...
+
+
+class RuleStore(RuleSource, Protocol):
+    """Rule administration, for the CLI."""
+
+    async def add_rule(self, rule: NewRule, position: int | None = None) -> RuleRecord:
+        """Store ``rule`` at ``position`` (rules at or after it move down), or last."""
+        ...
+
+    async def delete_rule(self, rule_id: int) -> None:
+        """Delete a rule; UserError if there is no rule with that id."""
         ...
 
 

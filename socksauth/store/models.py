@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     Index,
@@ -53,6 +54,39 @@ class UserRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # NULL: no limit, never expires (migration 0003).
+    max_connections: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_bandwidth_bytes_per_second: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RuleRow(Base):
+    """One destination rule; evaluated by ``position`` then ``id``, first match decides.
+
+    NULL criteria match anything; a NULL ``username`` makes the rule apply to every user.
+    """
+
+    __tablename__ = "rules"
+    __table_args__ = (
+        CheckConstraint("action IN ('allow', 'deny')", name="action"),
+        CheckConstraint(
+            "(port_min IS NULL AND port_max IS NULL) OR "
+            "(port_min >= 0 AND port_min <= port_max AND port_max <= 65535)",
+            name="ports",
+        ),
+        Index("ix_rules_position", "position", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    action: Mapped[str] = mapped_column(String(8), nullable=False)
+    username: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    cidr: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    domain: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    port_min: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    port_max: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    command: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
 _OPEN = text("ended_at IS NULL")

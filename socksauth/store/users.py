@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +23,9 @@ _COLUMNS = (
     UserRow.created_at,
     UserRow.updated_at,
     UserRow.last_login_at,
+    UserRow.max_connections,
+    UserRow.max_bandwidth_bytes_per_second,
+    UserRow.expires_at,
 )
 
 
@@ -129,6 +132,33 @@ class SqlUserStore:
         # differs between servers and from SQLite's binary order.
         return sorted((_record(row) for row in rows), key=lambda record: record.username)
 
+    async def set_limits(
+        self,
+        username: str,
+        *,
+        max_connections: int | None,
+        max_bandwidth_bytes_per_second: int | None,
+        expires_at: datetime | None,
+    ) -> None:
+        """Replace the three limits (None: none); UserError if there is no such user."""
+        await self._update_one(
+            username,
+            max_connections=max_connections,
+            max_bandwidth_bytes_per_second=max_bandwidth_bytes_per_second,
+            expires_at=None if expires_at is None else _to_utc(expires_at),
+        )
+
+    async def get_users(self, usernames: Collection[str]) -> Mapping[str, UserRecord]:
+        """The accounts among ``usernames`` that exist, by name, in one query."""
+        if not usernames:
+            return {}
+        async with self._engine.connect() as conn:
+            result = await conn.execute(
+                select(*_COLUMNS).where(UserRow.username.in_(list(usernames)))
+            )
+            rows = result.all()
+        return {row.username: _record(row) for row in rows}
+
     async def _update_one(self, username: str, **values: Any) -> None:
         async with self._engine.begin() as conn:
             result = await conn.execute(
@@ -170,4 +200,7 @@ def _record(row: Any) -> UserRecord:
         created_at=_from_db(row.created_at),
         updated_at=_from_db(row.updated_at),
         last_login_at=None if row.last_login_at is None else _from_db(row.last_login_at),
+        max_connections=row.max_connections,
+        max_bandwidth_bytes_per_second=row.max_bandwidth_bytes_per_second,
+        expires_at=None if row.expires_at is None else _from_db(row.expires_at),
     )
