@@ -45,6 +45,11 @@ def _process_tree(pid: int) -> list[int]:
     return pids
 
 
+def serving_processes(pid: int) -> int:
+    """How many processes hold tunnels: the workers under a supervisor, else the one process."""
+    return max(1, len(_process_tree(pid)) - 1)
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` and its live descendants, in seconds."""
     total = 0
