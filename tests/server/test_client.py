@@ -161,13 +161,16 @@ async def test_username_password_is_chosen_among_several_offered_methods(
 async def test_a_trusted_network_may_use_no_authentication(
     start_proxy: ProxyFactory, echo_server: EchoServer
 ) -> None:
-    async with start_proxy(trusted_networks=(ipaddress.ip_network("127.0.0.0/8"),)) as proxy:
-        async with raw_connection(proxy.port) as (reader, writer):
-            writer.write(greeting(NO_AUTH) + request(echo_server.host, echo_server.port))
-            assert await read_exactly(reader, 2) == b"\x05\x00"
-            assert (await read_reply(reader)).reply == 0
-            writer.write(b"trusted")
-            assert await read_exactly(reader, 7) == b"trusted"
+    loopback = ipaddress.ip_network("127.0.0.0/8")
+    async with (
+        start_proxy(trusted_networks=(loopback,)) as proxy,
+        raw_connection(proxy.port) as (reader, writer),
+    ):
+        writer.write(greeting(NO_AUTH) + request(echo_server.host, echo_server.port))
+        assert await read_exactly(reader, 2) == b"\x05\x00"
+        assert (await read_reply(reader)).reply == 0
+        writer.write(b"trusted")
+        assert await read_exactly(reader, 7) == b"trusted"
 
 
 # --- malformed handshakes: closed without a byte, and the server keeps serving ----------------
@@ -280,7 +283,9 @@ async def test_commands_switched_off_get_reply_7(
     [
         pytest.param(b"", id="silent"),
         pytest.param(greeting(USERNAME_PASSWORD), id="after-greeting"),
-        pytest.param(greeting(USERNAME_PASSWORD) + credentials(ALICE, "x")[:5], id="mid-credentials"),
+        pytest.param(
+            greeting(USERNAME_PASSWORD) + credentials(ALICE, "x")[:5], id="mid-credentials"
+        ),
     ],
 )
 async def test_a_client_that_stalls_in_the_handshake_is_closed_at_the_deadline(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from e2e import (
     EchoServer,
@@ -35,10 +36,8 @@ async def test_stopping_the_server_closes_open_tunnels_on_both_sides(
         assert await read_exactly(reader, 4) == b"open"
     try:
         # The client sees its connection end (FIN or reset) ...
-        try:
+        with contextlib.suppress(ConnectionResetError):
             await read_until_closed(reader)
-        except ConnectionResetError:
-            pass
         # ... and so does the target: the proxy's outbound socket is closed, not leaked.
         await with_timeout(echo_server.ended.wait())
     finally:

@@ -100,7 +100,7 @@ async def test_connect_to_a_closed_ipv6_port_gets_connection_refused(
 async def test_the_success_reply_carries_the_outbound_address_the_target_sees(
     proxy: RunningProxy, echo_server: EchoServer
 ) -> None:
-    reader, writer, reply = await open_tunnel(proxy.port, echo_server.host, echo_server.port)
+    _, writer, reply = await open_tunnel(proxy.port, echo_server.host, echo_server.port)
     try:
         assert reply.reply == 0
         await with_timeout(echo_server.accepted.wait())
