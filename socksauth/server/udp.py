@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 import socket
 import time
@@ -24,7 +25,7 @@ from socksauth.protocol import (
     Address,
     AddressType,
     RemoteProtocolError,
-    build_datagram,
+    UdpHeader,
     parse_datagram,
 )
 
@@ -79,6 +80,7 @@ class UdpCounters:
         return sum(self.dropped.values())
 
 
+@functools.lru_cache(maxsize=1024)  # called per datagram, with few distinct addresses
 def normalise_host(host: str) -> str:
     """An IP literal in canonical form, IPv4-mapped IPv6 as plain IPv4; names unchanged."""
     try:
@@ -211,7 +213,8 @@ class UdpAssociation:
         self.counters = UdpCounters()
         self._client: tuple[asyncio.DatagramTransport, _Side] | None = None
         self._outbound: dict[socket.AddressFamily, tuple[asyncio.DatagramTransport, _Side]] = {}
-        self._contacted: OrderedDict[tuple[str, int], None] = OrderedDict()
+        # Target addresses the client sent to → the header their replies get (built once).
+        self._contacted: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._waiting: dict[str, list[tuple[int, bytes]]] = {}
         self._resolving: set[asyncio.Task[None]] = set()
         self._last_activity = 0.0
@@ -318,10 +321,12 @@ class UdpAssociation:
             self._drop(Drop.CONGESTED)
             return
         key = (ip, port)
-        self._contacted[key] = None
-        self._contacted.move_to_end(key)
-        if len(self._contacted) > _CONTACTED_MAX:
-            self._contacted.popitem(last=False)
+        if key in self._contacted:
+            self._contacted.move_to_end(key)
+        else:
+            self._contacted[key] = UdpHeader(0, Address.from_host(ip, port)).encode()
+            if len(self._contacted) > _CONTACTED_MAX:
+                self._contacted.popitem(last=False)
         if self.counters.first_target is None:
             self.counters.first_target = str(Address.from_host(ip, port))
         self.counters.datagrams_from_client += 1
@@ -370,7 +375,8 @@ class UdpAssociation:
         ip, port = normalise_host(addr[0]), addr[1]
         # Only replies from where the client sent to: address- and port-dependent filtering,
         # as a NAT does, so the relay port is not an open door for anyone who learns it.
-        if (ip, port) not in self._contacted or self._client is None:
+        header = self._contacted.get((ip, port))
+        if header is None or self._client is None:
             self._drop(Drop.UNSOLICITED)
             return
         client, side = self._client
@@ -380,10 +386,8 @@ class UdpAssociation:
         self._last_activity = asyncio.get_running_loop().time()
         self.counters.datagrams_to_client += 1
         self.counters.bytes_to_client += len(data)
-        client.sendto(
-            build_datagram(Address.from_host(ip, port), data),
-            _sockaddr(self._client_host, self._client_port),
-        )
+        # build_datagram(), with the header of this target built once.
+        client.sendto(header + data, _sockaddr(self._client_host, self._client_port))
 
     def send_failed(self, error: Exception) -> None:
         log.debug("UDP send failed: %s", error)
