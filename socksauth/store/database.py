@@ -35,7 +35,7 @@ def redact_url(url: str | URL) -> str:
     """``url`` with its password replaced by ``***``, safe to log or print."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         # Unparseable, so we cannot tell where a password would be: show nothing of it.
         return "<unparseable database URL>"
 
@@ -44,7 +44,7 @@ def parse_url(url: str) -> URL:
     """The parsed URL; ConfigError unless it names one of the supported async drivers."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigError(
             "database URL is not a URL; expected sqlite+aiosqlite:///path "
             "or postgresql+asyncpg://user@host/dbname"
