@@ -92,7 +92,9 @@ def _settings(
             **extra,
         )
     except ConfigError as error:
-        raise click.BadParameter(str(error)) from None
+        # Bad input is one line on stderr and exit code 2, without click's usage text.
+        click.echo(f"Error: {error}", err=True)
+        raise SystemExit(2) from None
 
 
 @click.command()
