@@ -134,7 +134,7 @@ class Worker:
         cap_bytes: int,
         seconds: float,
     ) -> dict[str, Any]:
-        """``tunnels`` parallel transfers; bytes ÷ (last end − common start)."""
+        """``tunnels`` parallel transfers; bytes ÷ (last end - common start)."""
         socks = []
         try:
             for _ in range(tunnels):
@@ -287,7 +287,13 @@ class Worker:
 
         tasks = [asyncio.ensure_future(ping())]
         tasks += [asyncio.ensure_future(login()) for _ in range(login_clients)]
-        self.probes = {"stop": stop, "tasks": tasks, "rtts": rtts, "logins": logins, "errors": errors}
+        self.probes = {
+            "stop": stop,
+            "tasks": tasks,
+            "rtts": rtts,
+            "logins": logins,
+            "errors": errors,
+        }
         return {}
 
     async def probe_stop(self) -> dict[str, Any]:
@@ -343,7 +349,7 @@ async def _serve(conn: Connection) -> None:
 
 def main(conn: Connection) -> None:
     """Process entry point."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:

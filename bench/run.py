@@ -66,7 +66,8 @@ class Plan:
     exchange_seconds: float = 3.0
     exchange_max: int = 100_000
     idle_counts: tuple[int, ...] = (1_000, 10_000)
-    idle_concurrency: int = 128
+    # Below the server's default cap of 32 handshakes in progress per client address.
+    idle_concurrency: int = 24
     idle_seconds: float = 120.0
     storm_users: int = 200
     probe_interval_seconds: float = 0.01
@@ -148,7 +149,7 @@ def percentile(values: list[float], fraction: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 class Bench:
@@ -163,6 +164,16 @@ class Bench:
 
     def say(self, text: str) -> None:
         print(text, file=self.log, flush=True)
+
+    def guarded(self, what: str, phase: Callable[[], Any]) -> Any:
+        """Run one phase; a failed job (load generator error, server that would not start)
+        becomes a note in the report and the run goes on with the next phase."""
+        try:
+            return phase()
+        except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as error:
+            self.notes.append(f"{what} failed: {error}")
+            self.say(f"  {what} FAILED: {error}")
+            return None
 
     # -- throughput ---------------------------------------------------------------------------
     def throughput(self, order: list[Subject], round_values: dict[str, dict[str, Any]]) -> None:
@@ -250,12 +261,20 @@ class Bench:
                         )
                         if note not in self.notes:
                             self.notes.append(note)
-                route = Route(server.address, subject.route.user, subject.route.password) if (
-                    server
-                ) else subject.route
+                route = (
+                    Route(server.address, subject.route.user, subject.route.password)
+                    if (server)
+                    else subject.route
+                )
                 try:
-                    self.client.call("exchange", route=route, target=self.echo, clients=1,
-                                     seconds=0.2, max_count=20)  # warm: the login is cached
+                    self.client.call(
+                        "exchange",
+                        route=route,
+                        target=self.echo,
+                        clients=1,
+                        seconds=0.2,
+                        max_count=20,
+                    )  # warm: the login is cached
                     time.sleep(0.5)
                     before = pss_kib(pid) if pid else None
                     opened = self.client.call(
@@ -372,60 +391,158 @@ class Row:
 
 def _rows(plan: Plan) -> list[Row]:
     rows = [
-        Row("tp1_up", "1 tunnel up", "MB/s", target="≥ 0.40× direct",
-            check=lambda v, r, m: r is not None and r >= 0.40),
-        Row("tp1_down", "1 tunnel down", "MB/s", target="≥ 0.40× direct",
-            check=lambda v, r, m: r is not None and r >= 0.40),
-        Row("tp8_up", "8 tunnels up", "MB/s", target="≥ 1-tunnel up",
-            check=lambda v, r, m: v >= m.get("tp1_up", float("inf"))),
-        Row("tp8_down", "8 tunnels down", "MB/s", target="≥ 1-tunnel down",
-            check=lambda v, r, m: v >= m.get("tp1_down", float("inf"))),
+        Row(
+            "tp1_up",
+            "1 tunnel up",
+            "MB/s",
+            target="≥ 0.40x direct",
+            check=lambda v, r, m: r is not None and r >= 0.40,
+        ),
+        Row(
+            "tp1_down",
+            "1 tunnel down",
+            "MB/s",
+            target="≥ 0.40x direct",
+            check=lambda v, r, m: r is not None and r >= 0.40,
+        ),
+        Row(
+            "tp8_up",
+            "8 tunnels up",
+            "MB/s",
+            target="≥ 1-tunnel up",
+            check=lambda v, r, m: v >= m.get("tp1_up", float("inf")),
+        ),
+        Row(
+            "tp8_down",
+            "8 tunnels down",
+            "MB/s",
+            target="≥ 1-tunnel down",
+            check=lambda v, r, m: v >= m.get("tp1_down", float("inf")),
+        ),
     ]
     for mode in ("tp1_up", "tp1_down", "tp8_up", "tp8_down"):
-        rows.append(Row(f"cpu_gib_{mode}", f"server CPU per GiB, {mode[2:].replace('_', ' ')}",
-                        "s", baseline=None, target="≤ 0.6 s", check=lambda v, r, m: v <= 0.6))
+        rows.append(
+            Row(
+                f"cpu_gib_{mode}",
+                f"server CPU per GiB, {mode[2:].replace('_', ' ')}",
+                "s",
+                baseline=None,
+                target="≤ 0.6 s",
+                check=lambda v, r, m: v <= 0.6,
+            )
+        )
     for clients in plan.exchange_clients:
         gated = clients in (16, 128)
-        rows.append(Row(f"ex{clients}_rate", f"full exchange @{clients}", "conn/s",
-                        target="≥ 0.45× direct" if gated else "",
-                        check=(lambda v, r, m: r is not None and r >= 0.45) if gated else None))
+        rows.append(
+            Row(
+                f"ex{clients}_rate",
+                f"full exchange @{clients}",
+                "conn/s",
+                target="≥ 0.45x direct" if gated else "",
+                check=(lambda v, r, m: r is not None and r >= 0.45) if gated else None,
+            )
+        )
     for clients in plan.exchange_clients:
-        rows.append(Row(f"ex{clients}_p99", f"exchange p99 @{clients}", "ms",
-                        target="≤ 8 ms" if clients == 16 else "",
-                        check=(lambda v, r, m: v <= 8.0) if clients == 16 else None))
+        rows.append(
+            Row(
+                f"ex{clients}_p99",
+                f"exchange p99 @{clients}",
+                "ms",
+                target="≤ 8 ms" if clients == 16 else "",
+                check=(lambda v, r, m: v <= 8.0) if clients == 16 else None,
+            )
+        )
     for clients in plan.exchange_clients:
         gated = clients in (16, 128)
-        rows.append(Row(f"ex{clients}_cpu", f"server CPU per 1,000 conn @{clients}", "s",
-                        baseline=None, target="≤ 0.25 s" if gated else "",
-                        check=(lambda v, r, m: v <= 0.25) if gated else None))
+        rows.append(
+            Row(
+                f"ex{clients}_cpu",
+                f"server CPU per 1,000 conn @{clients}",
+                "s",
+                baseline=None,
+                target="≤ 0.25 s" if gated else "",
+                check=(lambda v, r, m: v <= 0.25) if gated else None,
+            )
+        )
     for clients in plan.exchange_clients:
-        rows.append(Row(f"ex{clients}_errors", f"exchange errors @{clients}", "", baseline=None,
-                        target="0", check=lambda v, r, m: v == 0))
+        rows.append(
+            Row(
+                f"ex{clients}_errors",
+                f"exchange errors @{clients}",
+                "",
+                baseline=None,
+                target="0",
+                check=lambda v, r, m: v == 0,
+            )
+        )
     for count in plan.idle_counts:
-        rows.append(Row(f"idle{count}_pss", f"PSS per idle tunnel @{count:,}", "KiB",
-                        baseline=None, target="≤ 8 KiB", check=lambda v, r, m: v <= 8.0))
-        rows.append(Row(f"idle{count}_count", f"idle tunnels held @{count:,}", "",
-                        baseline=None, target=f"{count:,}",
-                        check=lambda v, r, m, c=count: v >= c))
-        rows.append(Row(f"idle{count}_errors", f"idle tunnel errors @{count:,}", "",
-                        baseline=None, target="0", check=lambda v, r, m: v == 0))
+        rows.append(
+            Row(
+                f"idle{count}_pss",
+                f"PSS per idle tunnel @{count:,}",
+                "KiB",
+                baseline=None,
+                target="≤ 8 KiB",
+                check=lambda v, r, m: v <= 8.0,
+            )
+        )
+        rows.append(
+            Row(
+                f"idle{count}_count",
+                f"idle tunnels held @{count:,}",
+                "",
+                baseline=None,
+                target=f"{count:,}",
+                check=lambda v, r, m, c=count: v >= c,
+            )
+        )
+        rows.append(
+            Row(
+                f"idle{count}_errors",
+                f"idle tunnel errors @{count:,}",
+                "",
+                baseline=None,
+                target="0",
+                check=lambda v, r, m: v == 0,
+            )
+        )
     rows += [
-        Row("storm_tunnel_p99", "storm: tunnel echo p99 (vs quiet)", "ms",
-            baseline="storm_tunnel_p99_quiet", target="≤ 2× quiet",
-            check=lambda v, r, m: r is not None and r <= 2.0),
-        Row("storm_login_p99", "storm: warm login p99 (vs quiet)", "ms",
-            baseline="storm_login_p99_quiet", target="≤ 2× quiet",
-            check=lambda v, r, m: r is not None and r <= 2.0),
+        Row(
+            "storm_tunnel_p99",
+            "storm: tunnel echo p99 (vs quiet)",
+            "ms",
+            baseline="storm_tunnel_p99_quiet",
+            target="≤ 2x quiet",
+            check=lambda v, r, m: r is not None and r <= 2.0,
+        ),
+        Row(
+            "storm_login_p99",
+            "storm: warm login p99 (vs quiet)",
+            "ms",
+            baseline="storm_login_p99_quiet",
+            target="≤ 2x quiet",
+            check=lambda v, r, m: r is not None and r <= 2.0,
+        ),
         Row("storm_tunnel_max", "storm: tunnel echo max", "ms", baseline=None),
         Row("storm_login_max", "storm: warm login max", "ms", baseline=None),
         Row("storm_seconds", f"storm: {plan.storm_users} cold logins take", "s", baseline=None),
         Row("storm_p99", "storm: cold login p99", "ms", baseline=None),
         Row("storm_cpu", "storm: server CPU", "s", baseline=None),
-        Row("storm_errors", "storm: errors", "", baseline=None, target="0",
-            check=lambda v, r, m: v == 0),
+        Row(
+            "storm_errors",
+            "storm: errors",
+            "",
+            baseline=None,
+            target="0",
+            check=lambda v, r, m: v == 0,
+        ),
         Row("workers_tp8_up", "--workers 2 ÷ 1: 8 tunnels up", "MB/s", baseline="workers1_tp8_up"),
-        Row("workers_ex128_rate", "--workers 2 ÷ 1: exchange @128", "conn/s",
-            baseline="workers1_ex128_rate"),
+        Row(
+            "workers_ex128_rate",
+            "--workers 2 ÷ 1: exchange @128",
+            "conn/s",
+            baseline="workers1_ex128_rate",
+        ),
     ]
     return rows
 
@@ -461,20 +578,22 @@ def summarise(subject: Subject, direct: Subject, plan: Plan) -> list[dict[str, A
         passed = None
         if row.check is not None:
             passed = bool(row.check(value["median"], ratio["median"] if ratio else None, medians))
-        out.append({
-            "key": row.key,
-            "metric": row.label,
-            "unit": row.unit,
-            "baseline": row.baseline,
-            "value": value,
-            "values": [v for v, _ in pairs],
-            "baseline_value": _stats(bases) if bases else None,
-            "baseline_values": bases,
-            "ratio": ratio,
-            "ratios": ratios,
-            "target": row.target,
-            "pass": passed,
-        })
+        out.append(
+            {
+                "key": row.key,
+                "metric": row.label,
+                "unit": row.unit,
+                "baseline": row.baseline,
+                "value": value,
+                "values": [v for v, _ in pairs],
+                "baseline_value": _stats(bases) if bases else None,
+                "baseline_values": bases,
+                "ratio": ratio,
+                "ratios": ratios,
+                "target": row.target,
+                "pass": passed,
+            }
+        )
     return out
 
 
@@ -484,9 +603,11 @@ def _fmt(stats: dict[str, float] | None, ratio: bool = False) -> str:
 
     def one(x: float) -> str:
         if ratio:
-            return f"{x:.2f}×"
+            return f"{x:.2f}x"
         if x != x:  # nan
             return "nan"
+        if x == int(x) and abs(x) < 100:
+            return str(int(x))
         if abs(x) >= 100:
             return f"{x:,.0f}"
         if abs(x) >= 10:
@@ -495,7 +616,7 @@ def _fmt(stats: dict[str, float] | None, ratio: bool = False) -> str:
 
     if stats["min"] == stats["max"]:
         return one(stats["median"])
-    return f"{one(stats['median'])} [{one(stats['min'])}–{one(stats['max'])}]"
+    return f"{one(stats['median'])} [{one(stats['min'])}..{one(stats['max'])}]"
 
 
 def print_table(name: str, rows: list[dict[str, Any]], rounds: int) -> None:
@@ -504,11 +625,21 @@ def print_table(name: str, rows: list[dict[str, Any]], rounds: int) -> None:
     for row in rows:
         label = row["metric"] + (f" ({row['unit']})" if row["unit"] else "")
         result = {True: "pass", False: "FAIL", None: ""}[row["pass"]]
-        lines.append((label, _fmt(row["baseline_value"]), _fmt(row["value"]),
-                      _fmt(row["ratio"], ratio=True), row["target"], result))
+        lines.append(
+            (
+                label,
+                _fmt(row["baseline_value"]),
+                _fmt(row["value"]),
+                _fmt(row["ratio"], ratio=True),
+                row["target"],
+                result,
+            )
+        )
     widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
-    print(f"\n== {name}: medians of {rounds} round(s) [min–max]; baseline is the direct run "
-          "of the same round unless the metric says otherwise")
+    print(
+        f"\n== {name}: medians of {rounds} round(s) [min..max]; baseline is the direct run "
+        "of the same round unless the metric says otherwise"
+    )
     for line in [header, tuple("-" * w for w in widths), *lines]:
         print(" | ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)))
 
@@ -517,8 +648,11 @@ def print_table(name: str, rows: list[dict[str, Any]], rounds: int) -> None:
 # Main
 
 
+SERVER_ARGS: list[str] = []  # --server-arg, for every socksauth started here
+
+
 def _server_args() -> list[str]:
-    return []
+    return list(SERVER_ARGS)
 
 
 def _parse_address(text: str) -> tuple[str, int]:
@@ -533,18 +667,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--store", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="small counts, short runs (smoke)")
-    parser.add_argument("--only", default=",".join(METRICS),
-                        help=f"comma-separated subset of {','.join(METRICS)}")
-    parser.add_argument("--proxy", metavar="HOST:PORT",
-                        help="benchmark this SOCKS5 server instead of starting socksauth")
+    parser.add_argument(
+        "--only", default=",".join(METRICS), help=f"comma-separated subset of {','.join(METRICS)}"
+    )
+    parser.add_argument(
+        "--proxy",
+        metavar="HOST:PORT",
+        help="benchmark this SOCKS5 server instead of starting socksauth",
+    )
     parser.add_argument("--user", default="bench", help="login for --proxy")
     parser.add_argument("--password", help="password for --proxy")
-    parser.add_argument("--proxy-pid", type=int,
-                        help="pid of the --proxy server, to measure its CPU time and PSS")
-    parser.add_argument("--pg-admin", default=os.environ.get("BENCH_PG_ADMIN", DEFAULT_PG_ADMIN),
-                        help="admin DSN to create/drop the temporary database [%(default)s]")
-    parser.add_argument("--json", type=Path, help="where to save the results "
-                        "[bench/results/<timestamp>.json]")
+    parser.add_argument(
+        "--proxy-pid", type=int, help="pid of the --proxy server, to measure its CPU time and PSS"
+    )
+    parser.add_argument(
+        "--pg-admin",
+        default=os.environ.get("BENCH_PG_ADMIN", DEFAULT_PG_ADMIN),
+        help="admin DSN to create/drop the temporary database [%(default)s]",
+    )
+    parser.add_argument(
+        "--json", type=Path, help="where to save the results [bench/results/<timestamp>.json]"
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra option for `socksauth serve`, repeatable (e.g. --server-arg=--workers=1)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     args.only = [m.strip() for m in args.only.split(",") if m.strip()]
@@ -558,6 +708,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    SERVER_ARGS[:] = args.server_arg
     plan = QUICK if args.quick else FULL
     if args.rounds:
         plan = Plan(**{**asdict(plan), "rounds": args.rounds})
@@ -578,8 +729,13 @@ def main(argv: list[str] | None = None) -> int:
         direct = Subject("direct", Route())
 
         if args.proxy:
-            subjects.append(Subject("proxy", Route(_parse_address(args.proxy), args.user,
-                                                   args.password), pid=args.proxy_pid))
+            subjects.append(
+                Subject(
+                    "proxy",
+                    Route(_parse_address(args.proxy), args.user, args.password),
+                    pid=args.proxy_pid,
+                )
+            )
             bench.notes.append("storm and workers are measured only on socksauth started here")
         else:
             stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
@@ -605,10 +761,23 @@ def main(argv: list[str] | None = None) -> int:
 
         # Warm-up, not counted: logins cached, heaps grown, code paths hot.
         for subject in [direct, *subjects]:
-            clients[0].call("exchange", route=subject.route, target=bench.echo, clients=4,
-                            seconds=0.3, max_count=500)
-            clients[0].call("throughput", route=subject.route, target=bench.sink,
-                            direction="up", tunnels=1, cap_bytes=64 << 20, seconds=0.5)
+            clients[0].call(
+                "exchange",
+                route=subject.route,
+                target=bench.echo,
+                clients=4,
+                seconds=0.3,
+                max_count=500,
+            )
+            clients[0].call(
+                "throughput",
+                route=subject.route,
+                target=bench.sink,
+                direction="up",
+                tunnels=1,
+                cap_bytes=64 << 20,
+                seconds=0.5,
+            )
 
         everyone = [direct, *subjects]
         for round_ in range(plan.rounds):
@@ -616,20 +785,24 @@ def main(argv: list[str] | None = None) -> int:
             shift = round_ % len(everyone)
             order = everyone[shift:] + everyone[:shift]  # interleaved: who goes first rotates
             round_values: dict[str, dict[str, Any]] = {s.name: {} for s in everyone}
-            if "throughput" in args.only:
-                bench.throughput(order, round_values)
-            if "exchange" in args.only:
-                bench.exchange(order, round_values)
-            if "idle" in args.only:
-                bench.idle(order, round_values)
-            if "storm" in args.only:
-                bench.storm(order, round_values, round_)
+            phases: list[tuple[str, Callable[[], None]]] = [
+                ("throughput", lambda o=order, v=round_values: bench.throughput(o, v)),
+                ("exchange", lambda o=order, v=round_values: bench.exchange(o, v)),
+                ("idle", lambda o=order, v=round_values: bench.idle(o, v)),
+                ("storm", lambda o=order, v=round_values, r=round_: bench.storm(o, v, r)),
+            ]
+            for name, phase in phases:
+                if name in args.only:
+                    bench.guarded(f"round {round_ + 1} {name}", phase)
             for subject in everyone:
                 subject.values.append(round_values[subject.name])
 
         if "workers" in args.only and not args.proxy:
             if serve_supports("--workers"):
-                workers_note = measure_workers(bench, subjects[0], plan)
+                workers_note = (
+                    bench.guarded("workers", lambda: measure_workers(bench, subjects[0], plan))
+                    or "failed (see the notes)"
+                )
             else:
                 workers_note = "not available: `socksauth serve --help` shows no --workers"
             bench.notes.append(f"workers: {workers_note}")
@@ -645,9 +818,12 @@ def main(argv: list[str] | None = None) -> int:
                 "commit": _git_commit(),
                 "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
             },
-            "notes": bench.notes
-            + ["client, peers and proxy share the machine's cores; ratios are to the direct "
-               "run of the same round"],
+            "server_args": SERVER_ARGS,
+            "notes": [
+                *bench.notes,
+                "client, peers and proxy share the machine's cores; ratios are to the direct "
+                "run of the same round",
+            ],
             "direct": direct.values,
             "subjects": {},
         }
@@ -658,7 +834,8 @@ def main(argv: list[str] | None = None) -> int:
         for note in report["notes"]:
             print(f"note: {note}")
         path = args.json or (
-            Path(__file__).resolve().parent / "results"
+            Path(__file__).resolve().parent
+            / "results"
             / f"{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
         )
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -685,7 +862,9 @@ def measure_workers(bench: Bench, template: Subject, plan: Plan) -> str:
     servers = []
     try:
         for workers in (1, 2):
-            server = Server(template.database, f"workers{workers}", ["--workers", str(workers)])
+            server = Server(
+                template.database, f"workers{workers}", [*_server_args(), f"--workers={workers}"]
+            )
             server.start()
             servers.append(server)
         values: list[dict[str, float]] = []
@@ -694,12 +873,23 @@ def measure_workers(bench: Bench, template: Subject, plan: Plan) -> str:
             order = [0, 1] if round_ % 2 == 0 else [1, 0]
             for index in order:
                 route = Route(servers[index].address, "bench", PASSWORD)
-                tp = bench.client.call("throughput", route=route, target=bench.sink,
-                                       direction="up", tunnels=8,
-                                       cap_bytes=plan.throughput8_cap_bytes,
-                                       seconds=plan.throughput_seconds)
-                ex = bench.client.call("exchange", route=route, target=bench.echo, clients=128,
-                                       seconds=plan.exchange_seconds, max_count=plan.exchange_max)
+                tp = bench.client.call(
+                    "throughput",
+                    route=route,
+                    target=bench.sink,
+                    direction="up",
+                    tunnels=8,
+                    cap_bytes=plan.throughput8_cap_bytes,
+                    seconds=plan.throughput_seconds,
+                )
+                ex = bench.client.call(
+                    "exchange",
+                    route=route,
+                    target=bench.echo,
+                    clients=128,
+                    seconds=plan.exchange_seconds,
+                    max_count=plan.exchange_max,
+                )
                 prefix = "workers1_" if index == 0 else "workers_"
                 figures[prefix + "tp8_up"] = tp["mb_per_s"]
                 figures[prefix + "ex128_rate"] = ex["per_s"]
@@ -716,8 +906,13 @@ def measure_workers(bench: Bench, template: Subject, plan: Plan) -> str:
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=10,
+        ).stdout.strip()
     except OSError:
         return ""
 

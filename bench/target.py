@@ -79,7 +79,7 @@ def pss_kib(pid: int) -> int:
 
 
 def raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
@@ -113,6 +113,26 @@ class Database:
             base = self.pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
             self.url = f"{base}/{self._pg_name}"
         self._cli("db", "upgrade")
+        self.allow_loopback_targets()
+
+    def allow_loopback_targets(self) -> None:
+        """The peers listen on 127.0.0.1, which the destination policy protects: one allow
+        rule inside the protected range unlocks it (when this socksauth has rules at all)."""
+        try:
+            from socksauth.store.database import create_engine
+            from socksauth.store.interfaces import NewRule
+            from socksauth.store.rules import SqlRuleStore
+        except ImportError:
+            return
+
+        async def add() -> None:
+            engine = create_engine(self.url)
+            try:
+                await SqlRuleStore(engine).add_rule(NewRule(action="allow", cidr="127.0.0.1/32"))
+            finally:
+                await engine.dispose()
+
+        asyncio.run(add())
 
     def _cli(self, *args: str, stdin: str | None = None) -> None:
         subprocess.run(
