@@ -296,13 +296,10 @@ class Bench:
                     if server is not None:
                         server.stop()
                 values = round_values[subject.name]
-                errors = (
-                    sum(opened["errors"].values())
-                    + sum(checked["errors"].values())
-                    + (count - opened["open"])
-                )
+                # A tunnel that failed to open, or failed its echo afterwards, is one error.
+                errors = (count - opened["open"]) + sum(checked["errors"].values())
                 values[f"idle{wanted}_errors"] = errors
-                values[f"idle{wanted}_count"] = count
+                values[f"idle{wanted}_count"] = opened["open"]
                 if before is not None and after is not None and opened["open"]:
                     values[f"idle{wanted}_pss"] = (after - before) / opened["open"]
                 self.say(
