@@ -102,21 +102,6 @@ async def test_disabling_a_user_refuses_the_next_login_without_restart_and_enabl
     assert await attempt_login(proxy.port, BOB, BOB_PASSWORD) == b"\x05\x02\x01\x00"
 
 
-async def test_disabling_a_user_keeps_an_already_open_tunnel(
-    proxy: RunningProxy, echo_server: EchoServer
-) -> None:
-    reader, writer, reply = await open_tunnel(proxy.port, echo_server.host, echo_server.port)
-    try:
-        assert reply.reply == 0
-        await accounts.disable(proxy.store, ALICE)
-        writer.write(b"after disable")
-        assert await read_exactly(reader, 13) == b"after disable"
-    finally:
-        writer.close()
-    refused = await attempt_login(proxy.port, ALICE, ALICE_PASSWORD)
-    assert refused[3] != 0
-
-
 async def test_a_changed_password_applies_from_the_next_connection(
     proxy: RunningProxy, echo_server: EchoServer
 ) -> None:
