@@ -27,9 +27,6 @@ _AUDIT: Table = AuditRow.__table__  # type: ignore[assignment]
 _COLUMNS = tuple(column.name for column in _AUDIT.columns)
 # A finished entry completes an open row: everything but who and when it started may change.
 _COMPLETED = tuple(name for name in _COLUMNS if name not in ("id", "node", "started_at"))
-# Rows per INSERT statement: 18 parameters each stays under the bind limits of both databases
-# (32767 for asyncpg, 32766 for SQLite ≥ 3.32).
-_ROWS_PER_STATEMENT = 1000
 
 
 class SqlAuditStore:
@@ -37,11 +34,11 @@ class SqlAuditStore:
     proxy-generated id, so retrying or replaying a batch is harmless.
     """
 
-    __slots__ = ("_dialect", "_engine")
+    __slots__ = ("_engine", "_statements")
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._dialect = engine.dialect.name
+        self._statements = _upserts(engine.dialect.name)
 
     async def write_batch(self, entries: Sequence[AuditEntry]) -> None:
         """Upsert ``entries`` in one transaction (see AuditSink.write_batch).
@@ -51,21 +48,16 @@ class SqlAuditStore:
         """
         opened = [_values(entry) for entry in entries if entry.is_open]
         finished = [_values(entry) for entry in entries if not entry.is_open]
+        open_statement, finish_statement = self._statements
         with database_errors():
             async with self._engine.begin() as conn:
-                for start in range(0, len(opened), _ROWS_PER_STATEMENT):
-                    chunk = opened[start : start + _ROWS_PER_STATEMENT]
-                    insert = self._insert().values(chunk)
-                    await conn.execute(insert.on_conflict_do_nothing(index_elements=["id"]))
-                for start in range(0, len(finished), _ROWS_PER_STATEMENT):
-                    chunk = finished[start : start + _ROWS_PER_STATEMENT]
-                    insert = self._insert().values(chunk)
-                    await conn.execute(
-                        insert.on_conflict_do_update(
-                            index_elements=["id"],
-                            set_={name: insert.excluded[name] for name in _COMPLETED},
-                        )
-                    )
+                # executemany of one cached statement: SQLAlchemy's "insertmanyvalues" sends
+                # multi-row VALUES pages without compiling a statement per batch (compiling
+                # a 500-row .values([...]) costs ~0.25 s of event-loop time).
+                if opened:
+                    await conn.execute(open_statement, opened)
+                if finished:
+                    await conn.execute(finish_statement, finished)
 
     async def close_interrupted(self, node: str, at: datetime) -> int:
         """Close ``node``'s rows still open that started before ``at`` (the previous process's:
@@ -161,11 +153,16 @@ class SqlAuditStore:
                 )
         return int(result.rowcount)
 
-    def _insert(self) -> Any:
-        # ON CONFLICT is spelled the same on both, but each dialect has its own insert().
-        if self._dialect == "postgresql":
-            return postgresql.insert(_AUDIT)
-        return sqlite.insert(_AUDIT)
+
+def _upserts(dialect: str) -> tuple[Any, Any]:
+    """(insert an open row unless it exists, insert or complete a finished row)."""
+    # ON CONFLICT is spelled the same on both, but each dialect has its own insert().
+    insert = postgresql.insert(_AUDIT) if dialect == "postgresql" else sqlite.insert(_AUDIT)
+    open_statement = insert.on_conflict_do_nothing(index_elements=["id"])
+    finish_statement = insert.on_conflict_do_update(
+        index_elements=["id"], set_={name: insert.excluded[name] for name in _COMPLETED}
+    )
+    return open_statement, finish_statement
 
 
 def _period(since: datetime | None, until: datetime | None) -> list[ColumnElement[bool]]:

@@ -86,17 +86,20 @@ def default_sqlite_url() -> str:
 
 
 def default_audit_spill_path(url: str, node: str) -> Path:
-    """Where audit entries wait while the database is unreachable: next to a SQLite file,
-    else ``$XDG_STATE_HOME/socksauth/audit-spill-NODE.jsonl`` (default ``~/.local/state``).
+    """Where audit entries wait while the database is unreachable: next to a SQLite file
+    (``DB.audit-spill-NODE.jsonl``), else ``$XDG_STATE_HOME/socksauth/audit-spill-NODE.jsonl``
+    (default ``~/.local/state``).
     """
+    # One file per node: worker processes are nodes of their own, and two processes must not
+    # replay (rename) the same file.
+    safe_node = "".join(c if c.isalnum() or c in "-_." else "_" for c in node)
     parsed = parse_url(url)
     if parsed.drivername == SQLITE_DRIVER and parsed.database not in (None, "", ":memory:"):
         database = Path(parsed.database or "")
-        return database.with_name(database.name + ".audit-spill.jsonl")
+        return database.with_name(f"{database.name}.audit-spill-{safe_node}.jsonl")
     state_home = Path(os.environ.get("XDG_STATE_HOME") or "")
     if not state_home.is_absolute():
         state_home = Path.home() / ".local" / "state"
-    safe_node = "".join(c if c.isalnum() or c in "-_." else "_" for c in node)
     return state_home / "socksauth" / f"audit-spill-{safe_node}.jsonl"
 
 

@@ -24,6 +24,7 @@ from e2e import (
     WAIT_SECONDS,
     EchoServer,
     ProxyFactory,
+    allow_loopback_targets,
     credentials,
     eventually,
     greeting,
@@ -228,9 +229,12 @@ async def test_traffic_goes_on_while_the_database_is_down_and_every_entry_arrive
 async def test_sigterm_during_load_leaves_every_connection_in_the_table(
     user_store: SqlUserStore, echo_server: EchoServer, database_url: str, tmp_path: Path
 ) -> None:
+    await allow_loopback_targets(database_url)
     environment = dict(os.environ, XDG_STATE_HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path))
+    # Two worker processes: each flushes its own audit on the SIGTERM the supervisor forwards.
     process = await asyncio.create_subprocess_exec(
-        str(SOCKSAUTH), "serve", "--listen", "127.0.0.1:0", "--database-url", database_url,
+        str(SOCKSAUTH), "serve", "--listen", "127.0.0.1:0", "--workers", "2",
+        "--database-url", database_url,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE, env=environment,
     )  # fmt: skip
