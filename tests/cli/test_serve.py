@@ -99,20 +99,18 @@ async def serving(*args: str) -> AsyncIterator[ServeProcess]:
             raise
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_serve_proxies_for_database_users_and_exits_0_on_sigterm(
     database_url: str,
     engine: AsyncEngine,
     user_store: SqlUserStore,
     echo_server: EchoServer,
-    workers: str,
 ) -> None:
     # Loopback targets are protected by the destination policy unless a rule allows them.
     rules = SqlRuleStore(engine)
     for cidr in ("127.0.0.0/8", "::1/128"):
         await rules.add_rule(NewRule(action="allow", cidr=cidr), position=1)
     url = with_password(database_url)
-    async with serving("--workers", workers, "--database-url", url) as serve:
+    async with serving("--database-url", url) as serve:
         for _ in range(3):
             await assert_serves_a_good_client(serve.port, echo_server)
         async with raw_connection(serve.port) as (reader, writer):
@@ -129,20 +127,7 @@ async def test_serve_proxies_for_database_users_and_exits_0_on_sigterm(
 async def test_serve_on_an_unmigrated_database_exits_1_naming_db_upgrade(
     database_url: str, unmigrated_engine: AsyncEngine
 ) -> None:
-    result = await cli_process(
-        "serve", "--workers", "1", "--listen", "127.0.0.1:0", "--database-url", database_url
-    )
-    assert result.returncode == 1
-    assert "`socksauth db upgrade`" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-async def test_serve_with_several_workers_on_an_unmigrated_database_exits_1_naming_db_upgrade(
-    database_url: str, unmigrated_engine: AsyncEngine
-) -> None:
-    result = await cli_process(
-        "serve", "--workers", "2", "--listen", "127.0.0.1:0", "--database-url", database_url
-    )
+    result = await cli_process("serve", "--listen", "127.0.0.1:0", "--database-url", database_url)
     assert result.returncode == 1
     assert "`socksauth db upgrade`" in one_error_line(result.stderr)
 
@@ -164,18 +149,15 @@ async def test_serve_with_several_workers_on_an_unmigrated_database_exits_1_nami
 async def test_serve_with_a_bad_setting_exits_2_with_one_line(
     args: list[str], message: str
 ) -> None:
-    result = await cli_process("serve", "--workers", "1", *args)
+    result = await cli_process("serve", *args)
     assert result.returncode == 2
     assert message in one_error_line(result.stderr)
     assert SECRET not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-async def test_serve_with_an_unreachable_database_exits_1_without_its_password(
-    workers: str,
-) -> None:
+async def test_serve_with_an_unreachable_database_exits_1_without_its_password() -> None:
     result = await cli_process(
-        "serve", "--workers", workers, "--listen", "127.0.0.1:0",
+        "serve", "--listen", "127.0.0.1:0",
         "--database-url", f"postgresql+asyncpg://u:{SECRET}@127.0.0.1:1/x",
     )  # fmt: skip
     assert result.returncode == 1
