@@ -24,7 +24,6 @@ from e2e import (
     WAIT_SECONDS,
     EchoServer,
     ProxyFactory,
-    allow_loopback_targets,
     credentials,
     eventually,
     greeting,
@@ -33,11 +32,13 @@ from e2e import (
     read_until_closed,
 )
 from python_socks.async_.asyncio import Proxy
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from socksauth.cli import main
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.database import create_engine
-from socksauth.store.interfaces import OPEN, AuditEntry, AuditQuery
+from socksauth.store.interfaces import OPEN, AuditEntry, AuditQuery, NewRule
+from socksauth.store.rules import SqlRuleStore
 from socksauth.store.users import SqlUserStore
 
 SOCKSAUTH = Path(sys.executable).with_name("socksauth")
@@ -227,14 +228,19 @@ async def test_traffic_goes_on_while_the_database_is_down_and_every_entry_arrive
 
 
 async def test_sigterm_during_load_leaves_every_connection_in_the_table(
-    user_store: SqlUserStore, echo_server: EchoServer, database_url: str, tmp_path: Path
+    engine: AsyncEngine,
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
+    database_url: str,
+    tmp_path: Path,
 ) -> None:
-    await allow_loopback_targets(database_url)
+    # The destination policy protects loopback; the echo target lives there.
+    await SqlRuleStore(engine).add_rule(NewRule(action="allow", cidr="127.0.0.0/8"), position=1)
     environment = dict(os.environ, XDG_STATE_HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path))
-    # Two worker processes: each flushes its own audit on the SIGTERM the supervisor forwards.
+    # With several cores, several worker processes: each flushes its own audit on the SIGTERM
+    # the supervisor forwards.
     process = await asyncio.create_subprocess_exec(
-        str(SOCKSAUTH), "serve", "--listen", "127.0.0.1:0", "--workers", "2",
-        "--database-url", database_url,
+        str(SOCKSAUTH), "serve", "--listen", "127.0.0.1:0", "--database-url", database_url,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE, env=environment,
     )  # fmt: skip
@@ -282,7 +288,7 @@ async def test_sigterm_during_load_leaves_every_connection_in_the_table(
         if process.returncode is None:
             process.kill()
             await process.wait()
-    entries = await SqlAuditStore(user_store._engine).find_entries(AuditQuery(limit=None))
+    entries = await SqlAuditStore(engine).find_entries(AuditQuery(limit=None))
     outcomes = Counter(entry.outcome for entry in entries)
     assert outcomes == {"closed": completed, "shutdown": 4}, "".join(log_lines)
     assert all(entry.ended_at is not None for entry in entries)
