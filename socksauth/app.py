@@ -19,6 +19,7 @@ from socksauth.audit import AuditLog
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
 from socksauth.config import ListenAddress, Settings
 from socksauth.logs import get_logger
+from socksauth.server.access import Access
 from socksauth.server.audit import AuditObserver
 from socksauth.server.listener import ProxyServer, bind_listeners
 from socksauth.store import migrate
@@ -30,7 +31,8 @@ from socksauth.store.database import (
     default_sqlite_url,
     redact_url,
 )
-from socksauth.store.interfaces import AuditReader, UserStore
+from socksauth.store.interfaces import AuditReader, RuleStore, UserStore
+from socksauth.store.rules import SqlRuleStore
 from socksauth.store.users import SqlUserStore
 
 log = get_logger("app")
@@ -46,6 +48,18 @@ async def open_user_store(database_url: str) -> AsyncIterator[UserStore]:
         with database_errors():
             await migrate.ensure_current(engine)
             yield SqlUserStore(engine)
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def open_rule_store(database_url: str) -> AsyncIterator[RuleStore]:
+    """The destination rules on a schema that is current, for `socksauth rule`."""
+    engine = create_engine(database_url)
+    try:
+        with database_errors():
+            await migrate.ensure_current(engine)
+            yield SqlRuleStore(engine)
     finally:
         await engine.dispose()
 
@@ -102,7 +116,9 @@ async def running_server(
         )
         stack.callback(executor.shutdown, wait=True, cancel_futures=True)
         logins = await stack.enter_async_context(LoginRecorder(users))
-        authenticator = Authenticator(users, executor, logins)
+        authenticator = Authenticator(
+            users, executor, logins, max_concurrent=settings.password_verify_threads
+        )
         await authenticator.start()
         # Entered before the server, so it is flushed after the server has stopped and every
         # client's entry is in.
@@ -115,8 +131,11 @@ async def running_server(
             )
         )
         observer = AuditObserver(audit_log, settings.node_name)
+        access = Access(settings, rules=SqlRuleStore(engine), users=users)
+        with database_errors():
+            await access.load_rules()
         server = await stack.enter_async_context(
-            ProxyServer(settings, authenticator, observer, listen_sockets)
+            ProxyServer(settings, authenticator, observer, listen_sockets, access)
         )
         log.info("serving with users from %s", redact_url(settings.database_url))
         yield server

@@ -21,13 +21,26 @@ class ListenAddress:
 
     host: str
     port: int
+    # Source networks allowed to connect to this listener; empty: any. Others are closed at
+    # accept, before they can send a byte we would parse.
+    clients: tuple[IPNetwork, ...] = ()
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    def admits(self, host: str) -> bool:
+        """Whether a client at ``host`` may connect to this listener."""
+        return not self.clients or _in_networks(host, self.clients)
+
 
 def parse_listen(text: str) -> ListenAddress:
-    """``HOST:PORT``, ``[V6]:PORT``, ``HOST`` or ``:PORT``; ConfigError naming the problem."""
+    """``HOST:PORT``, ``[V6]:PORT``, ``HOST`` or ``:PORT``, optionally followed by
+    ``@CIDR,CIDR`` (the clients this listener admits); ConfigError naming the problem."""
+    text, at, clients = text.partition("@")
+    if at:
+        address = parse_listen(text)
+        networks = parse_networks(clients.split(","), f"listen address {text!r}")
+        return ListenAddress(host=address.host, port=address.port, clients=networks)
     host, port_text = text, str(DEFAULT_PORT)
     if text.startswith("["):
         close = text.find("]")
@@ -93,6 +106,19 @@ class Settings:
     bind_enabled: bool = True
     # How long a BIND waits for the inbound connection before replying TTL expired (0x06).
     bind_timeout_seconds: float = 30.0
+    # Destination policy (server/policy.py): also deny RFC 1918, CGNAT and IPv6 ULA targets
+    # unless a rule inside them allows. Loopback, link-local and metadata are always denied.
+    deny_private_networks: bool = False
+    # Admission caps (server/limits.py); None: no cap.
+    max_connections: int | None = 10_000
+    max_unauthenticated: int | None = 1_000
+    max_unauthenticated_per_address: int | None = 32
+    # How often the accounts of connected users (and the rules) are re-read: a disabled,
+    # deleted or expired account, or a changed password, ends its tunnels within about this
+    # long. None: never (tunnels outlive account changes).
+    account_check_seconds: float | None = 2.0
+    # A tunnel that moved no byte either way for this long is closed; None: never.
+    idle_timeout_seconds: float | None = 900.0
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -105,6 +131,14 @@ class Settings:
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be a positive number of seconds")
+        for name in ("account_check_seconds", "idle_timeout_seconds"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name}: must be a positive number of seconds (or none)")
+        for name in ("max_connections", "max_unauthenticated", "max_unauthenticated_per_address"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}: must be at least 1 (or no limit)")
         if self.password_verify_threads < 1:
             raise ConfigError("password_verify_threads: must be at least 1")
         if self.relay_buffer_bytes < 4096:
@@ -123,3 +157,13 @@ class Settings:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         return any(address in network for network in self.trusted_networks)
+
+
+def _in_networks(host: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)

@@ -23,6 +23,9 @@ from socksauth import app
 from socksauth.auth import accounts
 from socksauth.config import ListenAddress, Settings
 from socksauth.server.listener import ProxyServer
+from socksauth.store.database import create_engine
+from socksauth.store.interfaces import NewRule
+from socksauth.store.rules import SqlRuleStore
 from socksauth.store.users import SqlUserStore
 
 ALICE, ALICE_PASSWORD = "alice", "alice-Secret-8d1f"
@@ -188,9 +191,35 @@ async def add_test_users(engine: AsyncEngine) -> SqlUserStore:
     return store
 
 
+# The targets of these tests listen on loopback, which the destination policy protects by
+# default (server/policy.py): the proxy under test gets rules that unlock it.
+LOOPBACK_RULES = (
+    NewRule(action="allow", cidr="127.0.0.0/8"),
+    NewRule(action="allow", cidr="::1/128"),
+)
+
+
+async def allow_loopback_targets(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        rules = SqlRuleStore(engine)
+        present = {(rule.action, rule.cidr) for rule in await rules.list_rules()}
+        for rule in LOOPBACK_RULES:
+            if (rule.action, rule.cidr) not in present:
+                await rules.add_rule(rule, position=1)
+    finally:
+        await engine.dispose()
+
+
 def proxy_factory_for(database_url: str, store: SqlUserStore) -> ProxyFactory:
     @contextlib.asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[RunningProxy]:
+    async def start(
+        *, allow_loopback: bool = True, **overrides: Any
+    ) -> AsyncIterator[RunningProxy]:
+        """``allow_loopback``: add rules that let clients reach loopback targets (the
+        targets of these tests); False keeps the safe default, which denies them."""
+        if allow_loopback:
+            await allow_loopback_targets(database_url)
         settings = Settings(
             database_url=database_url,
             listen=(ListenAddress(host="127.0.0.1", port=0),),

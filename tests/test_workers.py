@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from e2e import (
     EchoServer,
+    allow_loopback_targets,
     assert_serves_a_good_client,
     echo_server,  # noqa: F401  (fixture)
     eventually,
@@ -43,6 +44,7 @@ async def supervisor(
     database_url: str,
     user_store: SqlUserStore,  # noqa: F811
 ) -> AsyncIterator[Supervisor]:
+    await allow_loopback_targets(database_url)  # the echo target listens on loopback
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

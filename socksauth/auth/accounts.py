@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import enum
 import unicodedata
 from collections.abc import Sequence
+from datetime import datetime
 
 from socksauth.auth.passwords import hash_password
 from socksauth.errors import UserError
@@ -90,6 +93,53 @@ async def disable(store: UserStore, username: str) -> None:
 async def delete(store: UserStore, username: str) -> None:
     """Remove ``username``'s account; UserError for an unknown user."""
     await store.delete_user(username)
+
+
+class Keep(enum.Enum):
+    """A limit that ``set_limits`` leaves as it is."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+
+
+async def set_limits(
+    store: UserStore,
+    username: str,
+    *,
+    max_connections: int | Keep | None = KEEP,
+    max_bandwidth_bytes_per_second: int | Keep | None = KEEP,
+    expires_at: datetime | Keep | None = KEEP,
+) -> UserRecord:
+    """Change some of ``username``'s limits (None: no limit / never expires); the account as
+    now stored. UserError for an unknown user or a limit below 1."""
+    user = await store.get_user(username)
+    if user is None:
+        raise UserError(f"no user named {username!r}")
+    for name, value in (
+        ("max connections", max_connections),
+        ("max bandwidth", max_bandwidth_bytes_per_second),
+    ):
+        if isinstance(value, int) and value < 1:
+            raise UserError(f"{name} must be at least 1 (or none)")
+    if isinstance(expires_at, datetime) and expires_at.utcoffset() is None:
+        raise UserError("the expiry needs a time zone")
+    changed = dataclasses.replace(
+        user,
+        max_connections=user.max_connections if max_connections is KEEP else max_connections,
+        max_bandwidth_bytes_per_second=user.max_bandwidth_bytes_per_second
+        if max_bandwidth_bytes_per_second is KEEP
+        else max_bandwidth_bytes_per_second,
+        expires_at=user.expires_at if expires_at is KEEP else expires_at,
+    )
+    await store.set_limits(
+        username,
+        max_connections=changed.max_connections,
+        max_bandwidth_bytes_per_second=changed.max_bandwidth_bytes_per_second,
+        expires_at=changed.expires_at,
+    )
+    return changed
 
 
 async def list_users(store: UserStore) -> Sequence[UserRecord]:

@@ -1,7 +1,9 @@
 """authenticate(username, password) → UserRecord | None, with verification off the event loop.
 
-Unknown and disabled users cost the same as a wrong password: the hash that is verified is
-then a dummy one with the same parameters, and every failure gets the same answer.
+Unknown, disabled and expired users cost the same as a wrong password: the hash that is
+verified is then a dummy one with the same parameters, and every failure gets the same answer.
+Failures are throttled per client address and username (auth/throttle.py); at most
+``max_concurrent`` verifications run at once (argon2 takes 19 MiB each), the rest wait.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from types import TracebackType
 
 from socksauth.auth import passwords
 from socksauth.auth.cache import VerificationCache
+from socksauth.auth.throttle import LoginThrottle
 from socksauth.logs import get_logger
 from socksauth.store.interfaces import UserLookup, UserRecord
 
@@ -83,11 +86,19 @@ class Authenticator:
         executor: Executor,
         logins: LoginRecorder,
         cache: VerificationCache | None = None,
+        throttle: LoginThrottle | None = None,
+        max_concurrent: int = 1,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """``max_concurrent``: verifications at once; as many as the executor has threads, so
+        a waiting attempt that times out never reaches the executor's queue."""
         self._users = users
         self._executor = executor
         self._logins = logins
         self._cache = cache if cache is not None else VerificationCache()
+        self._throttle = throttle if throttle is not None else LoginThrottle()
+        self._verifying = asyncio.Semaphore(max_concurrent)
+        self._clock = clock
         self._dummy_hash: str | None = None
 
     async def start(self) -> None:
@@ -95,24 +106,36 @@ class Authenticator:
         loop = asyncio.get_running_loop()
         self._dummy_hash = await loop.run_in_executor(self._executor, passwords.dummy_hash)
 
-    async def authenticate(self, username: str, password: str) -> UserRecord | None:
-        """The user if the password is right and the account enabled, else None."""
+    async def authenticate(
+        self, username: str, password: str, client_host: str = ""
+    ) -> UserRecord | None:
+        """The user if the password is right and the account enabled and not expired, else
+        None; also None, without verifying, while ``client_host`` is locked out for it."""
         if self._dummy_hash is None:
             await self.start()
         assert self._dummy_hash is not None
+        admission = self._throttle.admit(client_host, username)
+        if admission.locked:
+            return None
+        if admission.delay_seconds:
+            await asyncio.sleep(admission.delay_seconds)
         user = await self._users.get_user(username)
-        usable = user is not None and user.enabled
+        usable = user is not None and user.enabled and not user.expired(self._clock())
         stored_hash = user.password_hash if user is not None and usable else self._dummy_hash
         if usable and self._cache.contains(username, stored_hash, password):
             assert user is not None
+            self._throttle.succeeded(client_host, username)
             self._logins.record(user.username)
             return user
         loop = asyncio.get_running_loop()
-        matches = await loop.run_in_executor(
-            self._executor, passwords.verify_password, password, stored_hash
-        )
+        async with self._verifying:
+            matches = await loop.run_in_executor(
+                self._executor, passwords.verify_password, password, stored_hash
+            )
         if not (matches and usable and user is not None):
+            self._throttle.failed(client_host, username)
             return None
+        self._throttle.succeeded(client_host, username)
         if passwords.needs_rehash(stored_hash):
             stored_hash = await self._rehash(user, password, loop)
         self._cache.add(username, stored_hash, password)

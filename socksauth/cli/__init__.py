@@ -7,6 +7,7 @@ import click
 from socksauth import __version__
 from socksauth.cli.audit import audit, stats
 from socksauth.cli.db import db
+from socksauth.cli.rules import rule
 from socksauth.cli.serve import quickstart, serve
 from socksauth.cli.users import user
 
@@ -21,5 +22,6 @@ main.add_command(serve)
 main.add_command(quickstart)
 main.add_command(user)
 main.add_command(db)
+main.add_command(rule)
 main.add_command(audit)
 main.add_command(stats)

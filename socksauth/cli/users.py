@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import click
 
 from socksauth import app
 from socksauth.auth import accounts, passwords
 from socksauth.cli.options import database_url_option, resolve_database_url, run_command
-from socksauth.store.interfaces import UserStore
+from socksauth.errors import ConfigError
+from socksauth.server.limits import parse_rate
+from socksauth.store.interfaces import UserRecord, UserStore
 
 
 @click.group()
@@ -153,3 +156,97 @@ def delete(username: str, yes: bool, database_url: str | None) -> None:
 
     run_command(_with_store(database_url, action))
     click.echo(f"user {username} deleted")
+
+
+def _limit(text: str | None, parse: Callable[[str], int]) -> int | accounts.Keep | None:
+    if text is None:
+        return accounts.KEEP
+    if text.lower() in ("none", "unlimited"):
+        return None
+    return parse(text)
+
+
+def _expiry(text: str | None) -> datetime | accounts.Keep | None:
+    """A date (the account stops working at its start, UTC) or an ISO date and time."""
+    if text is None:
+        return accounts.KEEP
+    if text.lower() in ("never", "none"):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: write a date (2027-01-31) or a date and time", param_hint="--expires"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _connections(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a number", param_hint="--max-connections"
+        ) from None
+
+
+@user.command(name="set")
+@click.argument("username")
+@click.option(
+    "--max-connections",
+    metavar="N|none",
+    help="Concurrent tunnels, associations and bindings; more are refused (reply 0x02).",
+)
+@click.option(
+    "--max-bandwidth",
+    metavar="RATE|none",
+    help="Bytes per second each way over all the user's tunnels, e.g. 10MiB/s or 500kB/s.",
+)
+@click.option(
+    "--expires",
+    metavar="DATE|never",
+    help="The account stops working at this date (UTC, 2027-01-31) or ISO date and time; "
+    "its open tunnels end within seconds.",
+)
+@database_url_option
+def set_(
+    username: str,
+    max_connections: str | None,
+    max_bandwidth: str | None,
+    expires: str | None,
+    database_url: str | None,
+) -> None:
+    """Set USERNAME's limits; options left out keep their value."""
+    try:
+        connections = _limit(max_connections, _connections)
+        bandwidth = _limit(max_bandwidth, parse_rate)
+    except ConfigError as error:
+        raise click.BadParameter(str(error), param_hint="--max-bandwidth") from None
+    expires_at = _expiry(expires)
+    changed: list[UserRecord] = []
+
+    async def action(store: UserStore) -> None:
+        changed.append(
+            await accounts.set_limits(
+                store,
+                username,
+                max_connections=connections,
+                max_bandwidth_bytes_per_second=bandwidth,
+                expires_at=expires_at,
+            )
+        )
+
+    run_command(_with_store(database_url, action))
+    record = changed[0]
+    click.echo(
+        f"user {username}: max connections "
+        f"{record.max_connections if record.max_connections is not None else 'none'}, "
+        "max bandwidth "
+        + (
+            f"{record.max_bandwidth_bytes_per_second} B/s"
+            if record.max_bandwidth_bytes_per_second is not None
+            else "none"
+        )
+        + ", expires "
+        + (record.expires_at.strftime("%Y-%m-%d %H:%M:%SZ") if record.expires_at else "never")
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ipaddress
 import socket
 import time
 from dataclasses import dataclass
@@ -13,12 +14,13 @@ from uuid import UUID
 
 from socksauth import protocol
 from socksauth.auth.authenticator import Authenticator
-from socksauth.config import Settings
+from socksauth.config import ListenAddress, Settings
 from socksauth.logs import get_logger
 from socksauth.protocol import (
     NEED_DATA,
     PAUSED,
     Address,
+    AddressType,
     AuthMethod,
     AuthReply,
     AuthStatus,
@@ -35,10 +37,14 @@ from socksauth.protocol import (
     ServerConnection,
 )
 from socksauth.protocol.events import ClientEvent
+from socksauth.server.access import Access
 from socksauth.server.bind import Binding, expected_peers
-from socksauth.server.outbound import Dialer, reply_for_error
+from socksauth.server.limits import ClientSlot, Refusal, UserLease
+from socksauth.server.outbound import Dialer, NotAllowed, ResolvedAddress, reply_for_error
+from socksauth.server.policy import Verdict, parse_address
 from socksauth.server.relay import CloseReason, Relay
 from socksauth.server.udp import AssociationEnd, UdpAssociation, normalise_host
+from socksauth.store.interfaces import UserRecord
 
 log = get_logger("client")
 
@@ -61,7 +67,11 @@ class Outcome(enum.Enum):
     UNSUPPORTED = "unsupported"
     CONNECT_FAILED = "connect_failed"
     BIND_FAILED = "bind_failed"  # BIND: could not listen, or nobody connected in time
-    IDLE_TIMEOUT = "idle_timeout"  # UDP ASSOCIATE: no datagram for udp_idle_timeout_seconds
+    IDLE_TIMEOUT = "idle_timeout"  # nothing moved for idle_timeout_seconds (UDP: udp_…)
+    DENIED = "denied"  # the destination policy refused the request (reply 0x02)
+    LIMIT_EXCEEDED = "limit_exceeded"  # the user's max_connections were in use (reply 0x02)
+    REVOKED = "revoked"  # ended because the account was disabled, deleted, expired or changed
+    REFUSED = "refused"  # not admitted at accept: a cap, or not an allowed client network
     ERROR = "error"
 
 
@@ -70,6 +80,7 @@ _OUTCOME_BY_CLOSE = {
     CloseReason.CLIENT_ERROR: Outcome.CLIENT_ERROR,
     CloseReason.TARGET_ERROR: Outcome.TARGET_ERROR,
     CloseReason.SHUTDOWN: Outcome.SHUTDOWN,
+    CloseReason.IDLE_TIMEOUT: Outcome.IDLE_TIMEOUT,
 }
 
 
@@ -199,11 +210,23 @@ class ClientConnection:
         authenticator: Authenticator,
         dialer: Dialer,
         observer: ConnectionObserver | None = None,
+        access: Access | None = None,
+        listener: ListenAddress | None = None,
     ) -> None:
+        """``access``: policy and limits (None: neither, for tests of the handshake alone);
+        ``listener``: the listen address the client came in on, for its client networks."""
         self._settings = settings
         self._authenticator = authenticator
         self._dialer = dialer
         self._observer = observer or NoObserver()
+        self._access = access
+        self._listener = listener
+        self._slot: ClientSlot | None = None
+        self._lease: UserLease | None = None
+        self._transport: asyncio.Transport | None = None
+        self._revoked: str | None = None
+        self._denial: Verdict | None = None
+        self.user: UserRecord | None = None  # the account as it logged in
         self._conn = ServerConnection()
         self.protocol = _HandshakeProtocol(self._conn)
         self.relay: Relay | None = None
@@ -224,10 +247,18 @@ class ClientConnection:
             started_at=datetime.now(UTC),
             started=time.monotonic(),
         )
+        self._transport = transport
         try:
+            self._admit(peer[0])
             request = await self._handshake(transport, peer[0], record)
             if request is not None:
+                if self._slot is not None:
+                    self._slot.authenticated()
                 await self._dispatch(transport, request, record)
+        except Refusal as refusal:
+            record.outcome = Outcome.REFUSED
+            log.debug("%s: not admitted: %s", record.client, refusal)
+            transport.abort()
         except RemoteProtocolError as error:
             record.outcome = Outcome.PROTOCOL_ERROR
             log.info("%s: protocol error: %s", record.client, error)
@@ -248,6 +279,12 @@ class ClientConnection:
         finally:
             if not transport.is_closing():
                 transport.close()
+            if self._slot is not None:
+                self._slot.release()
+            if self._lease is not None:
+                self._lease.release()
+            if self._revoked is not None:
+                record.outcome = Outcome.REVOKED
             if self.relay is not None:
                 record.bytes_from_client, record.bytes_to_client = self.relay.bytes_counts()
             record.duration_seconds = time.monotonic() - record.started
@@ -255,6 +292,22 @@ class ClientConnection:
             _log_finished(record)
             self._observer.finished(record)
         return record
+
+    def _admit(self, client_host: str) -> None:
+        """Raises Refusal when this client may not even start a handshake."""
+        if self._listener is not None and not self._listener.admits(client_host):
+            raise Refusal(f"not in the client networks of {self._listener}")
+        if self._access is not None:
+            self._slot = self._access.connections.admit(client_host)
+
+    def end(self, reason: str) -> None:
+        """End this client's tunnel, association or binding now (revoked account)."""
+        self._revoked = reason
+        if self.relay is not None:
+            self.relay.close(CloseReason.SHUTDOWN)
+        elif self._transport is not None:
+            # The association and the binding end when their control connection does.
+            self._transport.abort()
 
     async def _next_event(self) -> ClientEvent:
         while True:
@@ -292,8 +345,9 @@ class ClientConnection:
                 assert isinstance(credentials, Credentials)
                 record.username = credentials.username
                 user = await self._authenticator.authenticate(
-                    credentials.username, credentials.password
+                    credentials.username, credentials.password, client_host
                 )
+                self.user = user
                 status = AuthStatus.SUCCESS if user is not None else AuthStatus.FAILURE
                 transport.write(self._conn.send(AuthReply(status)))
                 if user is None:
@@ -313,6 +367,8 @@ class ClientConnection:
     async def _dispatch(
         self, transport: asyncio.Transport, request: CommandRequest, record: ConnectionRecord
     ) -> None:
+        if not self._admit_request(transport, request, record):
+            return
         if request.command is Command.CONNECT:
             await self._connect(transport, request.address, record)
         elif request.command is Command.BIND and self._settings.bind_enabled:
@@ -336,11 +392,90 @@ class ClientConnection:
             # The tunnel (association, binding) exists from here: so does its audit row.
             self._observer.opened(record)
 
+    def _admit_request(
+        self, transport: asyncio.Transport, request: CommandRequest, record: ConnectionRecord
+    ) -> bool:
+        """The per-user connection limit, then the policy for what the request alone tells;
+        replies CONNECTION_NOT_ALLOWED and returns False when refused."""
+        access = self._access
+        if access is None:
+            return True
+        user = self.user
+        if user is not None:
+            self._lease = access.user_connections.acquire(user.username, user.max_connections)
+            if self._lease is None:
+                log.info(
+                    "%s: %r already has %s connections (max_connections)",
+                    record.client,
+                    user.username,
+                    user.max_connections,
+                )
+                self._reply(transport, Reply.CONNECTION_NOT_ALLOWED, record)
+                record.outcome = Outcome.LIMIT_EXCEEDED
+                return False
+        command, target = request.command, request.address
+        username = None if user is None else user.username
+        policy = access.policy
+        verdict: Verdict | None
+        if target.type is AddressType.DOMAINNAME:
+            verdict = policy.check_request(username, command, target.host, target.port)
+        elif command is Command.UDP_ASSOCIATE:
+            # DST is where the client sends from, not a destination: each datagram is checked.
+            verdict = policy.check_request(username, command, None, None)
+        else:
+            address = ipaddress.ip_address(target.host)
+            if command is Command.BIND and address.is_unspecified:
+                verdict = policy.check_request(username, command, None, None)
+            else:
+                verdict = policy.check_address(username, command, address, target.port)
+        if verdict is not None and not verdict.allowed:
+            self._deny(transport, record, verdict)
+            return False
+        return True
+
+    def _deny(
+        self, transport: asyncio.Transport, record: ConnectionRecord, verdict: Verdict | None
+    ) -> None:
+        reason = verdict.reason if verdict is not None else "not allowed"
+        log.info(
+            "%s: %s %s denied: %s",
+            record.client,
+            record.command.name if record.command is not None else "-",
+            record.target,
+            reason,
+        )
+        self._reply(transport, Reply.CONNECTION_NOT_ALLOWED, record)
+        record.outcome = Outcome.DENIED
+
+    def _allows(self, command: Command, name: str | None, ip: str, port: int) -> bool:
+        """The policy's verdict on one resolved address; a refusal is kept for the log."""
+        if self._access is None:
+            return True
+        address = parse_address(ip)
+        if address is None:
+            return False
+        verdict = self._access.policy.check_address(
+            None if self.user is None else self.user.username, command, address, port, name
+        )
+        if not verdict.allowed:
+            self._denial = verdict
+        return verdict.allowed
+
     async def _connect(
         self, transport: asyncio.Transport, target: Address, record: ConnectionRecord
     ) -> None:
+        name = target.host if target.type is AddressType.DOMAINNAME else None
+
+        def allow(resolved: ResolvedAddress) -> bool:
+            return self._allows(
+                Command.CONNECT, name, str(resolved.sockaddr[0]), resolved.sockaddr[1]
+            )
+
         try:
-            sock = await self._dialer.connect(target)
+            sock = await self._dialer.connect(target, allow)
+        except NotAllowed:
+            self._deny(transport, record, self._denial)
+            return
         except OSError as error:  # TimeoutError and socket.gaierror are OSErrors too
             reply = reply_for_error(error)
             log.info("%s: CONNECT %s failed: %s (%s)", record.client, target, reply.name, error)
@@ -359,7 +494,11 @@ class ClientConnection:
     ) -> None:
         """Reply success, then relay between the client and ``sock`` (target or BIND peer)."""
         loop = asyncio.get_running_loop()
-        relay = Relay(self._settings.relay_buffer_bytes)
+        relay = Relay(
+            self._settings.relay_buffer_bytes,
+            buckets=None if self._access is None else self._access.bandwidth.buckets(self.user),
+            idle_timeout_seconds=self._settings.idle_timeout_seconds,
+        )
         try:
             target_transport, _ = await loop.create_connection(
                 lambda: relay.target_protocol, sock=sock
@@ -394,6 +533,15 @@ class ClientConnection:
         try:
             async with asyncio.timeout(self._settings.connect_timeout_seconds):
                 expected = await expected_peers(requested)
+            if expected is not None and requested.type is AddressType.DOMAINNAME:
+                expected = frozenset(
+                    ip
+                    for ip in expected
+                    if self._allows(Command.BIND, requested.host, ip, requested.port)
+                )
+                if not expected:
+                    self._deny(transport, record, self._denial)
+                    return
             binding = Binding(transport.get_extra_info("sockname")[0])
         except (OSError, UnicodeError) as error:  # gaierror, timeout, EADDRNOTAVAIL, bad name
             reply = reply_for_error(error)
@@ -438,6 +586,8 @@ class ClientConnection:
             # Only the port is used; datagrams must come from the control connection's IP.
             client_port=declared.port,
             idle_timeout_seconds=self._settings.udp_idle_timeout_seconds,
+            allow=None if self._access is None else self._datagram_allowed,
+            allow_resolved=None if self._access is None else self._resolved_datagram_allowed,
         )
         try:
             bound = await association.open(transport.get_extra_info("sockname")[0])
@@ -463,6 +613,19 @@ class ClientConnection:
             record.bytes_from_client = counters.bytes_from_client
             record.bytes_to_client = counters.bytes_to_client
             record.datagrams_dropped = counters.dropped_total
+
+    def _datagram_allowed(self, target: Address) -> bool:
+        """The policy for one datagram's destination (command udp). A name is checked as a
+        name here; the association checks the address it resolves to as well."""
+        assert self._access is not None
+        username = None if self.user is None else self.user.username
+        verdict = self._access.policy.check_host(
+            username, Command.UDP_ASSOCIATE, target.host, target.port
+        )
+        return verdict.allowed
+
+    def _resolved_datagram_allowed(self, name: str, ip: str, port: int) -> bool:
+        return self._allows(Command.UDP_ASSOCIATE, name, ip, port)
 
 
 def _log_finished(record: ConnectionRecord) -> None:

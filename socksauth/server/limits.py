@@ -206,3 +206,39 @@ class TokenBucket:
         """The balance now (negative: debt)."""
         now = self._clock()
         return min(self.burst_bytes, self._tokens + (now - self._last) * self.rate_bytes_per_second)
+
+
+_RATE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+
+
+def parse_rate(text: str) -> int:
+    """Bytes per second from ``10MiB/s``, ``500kB/s``, ``1000000`` (bytes, not bits).
+
+    Raises:
+        ConfigError: not a positive number with a known unit.
+    """
+    value = text.strip().lower().removesuffix("/s").removesuffix("ps").strip()
+    number = value.rstrip("kmgib")
+    unit = value[len(number) :]
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ConfigError(f"bandwidth {text!r}: write e.g. 10MiB/s or 500kB/s") from None
+    if unit not in _RATE_UNITS:
+        raise ConfigError(f"bandwidth {text!r}: unknown unit {unit!r} (B, kB, KiB, MB, MiB, …)")
+    rate = int(amount * _RATE_UNITS[unit])
+    if rate < 1:
+        raise ConfigError(f"bandwidth {text!r}: must be at least 1 byte per second")
+    return rate

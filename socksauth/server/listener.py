@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from socksauth.auth.authenticator import Authenticator
 from socksauth.config import ListenAddress, Settings
 from socksauth.logs import get_logger
+from socksauth.server.access import Access, watch
 from socksauth.server.client import ClientConnection, ConnectionObserver
 from socksauth.server.outbound import Dialer
+from socksauth.store.interfaces import UserRecord
 
 log = get_logger("server")
 
@@ -66,9 +70,13 @@ class ProxyServer:
         authenticator: Authenticator,
         observer: ConnectionObserver | None = None,
         listen_sockets: Sequence[socket.socket] = (),
+        access: Access | None = None,
     ) -> None:
         """``listen_sockets``: already bound sockets to serve on instead of ``settings.listen``
-        (worker processes share one port through SO_REUSEPORT)."""
+        (worker processes share one port through SO_REUSEPORT). ``access``: destination
+        policy and limits; None applies neither (tests of the handshake alone)."""
+        self._access = access
+        self._watch: asyncio.Task[None] | None = None
         self._settings = settings
         self._listen_sockets = tuple(listen_sockets)
         self._authenticator = authenticator
@@ -82,12 +90,13 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         if self._listen_sockets:
             for sock in self._listen_sockets:
-                self._servers.append(await loop.create_server(self._accept, sock=sock))
+                accept = functools.partial(self._accept, self._listener_of(sock))
+                self._servers.append(await loop.create_server(accept, sock=sock))
         else:
             for address in self._settings.listen:
                 self._servers.append(
                     await loop.create_server(
-                        self._accept,
+                        functools.partial(self._accept, address),
                         host=address.host,
                         port=address.port,
                         reuse_address=True,
@@ -105,9 +114,38 @@ class ProxyServer:
                     "listening on %s",
                     bound,
                 )
+        if self._access is not None:
+            self._access.set_own_endpoints([(b.host, b.port) for b in self.bound])
+            interval = self._settings.account_check_seconds
+            if interval is not None:
+                self._watch = loop.create_task(
+                    watch(self._access, self._live_users, interval), name="account-watch"
+                )
 
-    def _accept(self) -> asyncio.BaseProtocol:
-        client = ClientConnection(self._settings, self._authenticator, self._dialer, self._observer)
+    def _listener_of(self, sock: socket.socket) -> ListenAddress | None:
+        """The listen address a pre-bound socket serves (for its client networks)."""
+        host, port = sock.getsockname()[:2]
+        for address in self._settings.listen:
+            if address.port in (0, port) and address.host in (host, "0.0.0.0", "::", ""):
+                return address
+        return None
+
+    def _live_users(self) -> list[tuple[UserRecord, Callable[[str], None]]]:
+        return [
+            (client.user, client.end)
+            for client in self._clients.values()
+            if client.user is not None
+        ]
+
+    def _accept(self, listener: ListenAddress | None) -> asyncio.BaseProtocol:
+        client = ClientConnection(
+            self._settings,
+            self._authenticator,
+            self._dialer,
+            self._observer,
+            self._access,
+            listener,
+        )
         task = asyncio.get_running_loop().create_task(client.run())
         self._clients[task] = client
         task.add_done_callback(self._forget)
@@ -126,6 +164,10 @@ class ProxyServer:
         """Stop accepting; give tunnels ``grace_seconds`` to finish; cancel the rest."""
         for server in self._servers:
             server.close()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         if self._clients and grace_seconds > 0:
             await asyncio.wait(list(self._clients), timeout=grace_seconds)
         for task in list(self._clients):

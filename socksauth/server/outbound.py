@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from socksauth.protocol import Address, AddressType, Reply
@@ -66,6 +66,10 @@ class ConnectFailed(OSError):
         self.errors = tuple(errors)
 
 
+class NotAllowed(PermissionError):
+    """The destination policy allowed none of the target's addresses (reply 0x02)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ResolvedAddress:
     family: socket.AddressFamily
@@ -92,10 +96,22 @@ class Dialer:
             [ResolvedAddress(socket.AddressFamily(f), sa) for f, _, _, _, sa in infos]  # type: ignore[arg-type]
         )
 
-    async def connect(self, target: Address) -> socket.socket:
-        """A connected non-blocking socket to ``target``; raises for reply_for_error."""
+    async def connect(
+        self, target: Address, allow: Callable[[ResolvedAddress], bool] | None = None
+    ) -> socket.socket:
+        """A connected non-blocking socket to ``target``; raises for reply_for_error.
+
+        ``allow`` is asked about every resolved address; only those it allows are tried, so
+        the address connected to is the address checked (a second lookup could answer
+        differently). NotAllowed when it allows none.
+        """
         async with asyncio.timeout(self._timeout):
             addresses = await self.resolve(target)
+            if allow is not None:
+                permitted = [address for address in addresses if allow(address)]
+                if addresses and not permitted:
+                    raise NotAllowed(errno.EACCES, f"no allowed address for {target}")
+                addresses = permitted
             return await happy_eyeballs(addresses, str(target))
 
 

@@ -355,3 +355,50 @@ class DestinationPolicy:
             return self.check_address(username, command, address, port)
         verdict = self.check_request(username, command, host, port)
         return verdict if verdict is not None else Verdict(True, "decided by address")
+
+
+def parse_ports(text: str) -> tuple[int, int]:
+    """``443`` or ``8000-8999`` as (min, max); ValueError naming the problem."""
+    low, dash, high = text.strip().partition("-")
+    try:
+        first = int(low)
+        last = int(high) if dash else first
+    except ValueError:
+        raise ValueError(f"ports {text!r}: write 443 or 8000-8999") from None
+    if not 0 <= first <= last <= 0xFFFF:
+        raise ValueError(f"ports {text!r}: need 0 <= first <= last <= 65535")
+    return first, last
+
+
+def parse_rule(
+    action: str,
+    *,
+    username: str | None = None,
+    cidr: str | None = None,
+    domain: str | None = None,
+    ports: str | None = None,
+    command: str | None = None,
+) -> Rule:
+    """A rule from the words an administrator writes; ValueError naming the bad one."""
+    try:
+        verdict = Action(action.lower())
+    except ValueError:
+        raise ValueError(f"action {action!r}: write allow or deny") from None
+    network = None
+    if cidr is not None:
+        try:
+            network = ipaddress.ip_network(cidr.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{cidr!r} is not an IP network (CIDR)") from None
+    if command is not None and command.lower() not in COMMAND_NAMES:
+        raise ValueError(f"command {command!r}: write connect, bind or udp")
+    port_min, port_max = parse_ports(ports) if ports is not None else (None, None)
+    return Rule(
+        action=verdict,
+        username=username,
+        network=network,
+        domain=domain,
+        port_min=port_min,
+        port_max=port_max,
+        command=None if command is None else COMMAND_NAMES[command.lower()],
+    )

@@ -13,6 +13,8 @@ import enum
 from dataclasses import dataclass
 from typing import cast
 
+from socksauth.server.limits import TokenBucket
+
 
 class CloseReason(enum.Enum):
     """Why a tunnel ended, as the audit and the log line report it."""
@@ -21,6 +23,7 @@ class CloseReason(enum.Enum):
     CLIENT_ERROR = "client_error"  # the client's connection failed (reset, …)
     TARGET_ERROR = "target_error"  # the target's connection failed
     SHUTDOWN = "shutdown"  # the server closed it
+    IDLE_TIMEOUT = "idle_timeout"  # no byte either way for idle_timeout_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +38,11 @@ class _Direction(asyncio.BufferedProtocol):
 
     __slots__ = (
         "_buffer_bytes",
+        "_rate_timer",
         "_relay",
+        "_sink_full",
         "_view",
+        "bucket",
         "count",
         "eof",
         "is_client",
@@ -53,6 +59,10 @@ class _Direction(asyncio.BufferedProtocol):
         self.count = 0
         self.eof = False
         self.is_client = is_client
+        # Bandwidth limit: charged once per chunk read; reading pauses while in debt.
+        self.bucket: TokenBucket | None = None
+        self._rate_timer: asyncio.TimerHandle | None = None
+        self._sink_full = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -70,6 +80,37 @@ class _Direction(asyncio.BufferedProtocol):
             # (Python 3.12+ queues memoryviews without copying): hand it over and read into a
             # fresh one. Only happens when the sink is backed up, not per chunk.
             self._view = memoryview(bytearray(self._buffer_bytes))
+        if self.bucket is not None:
+            wait = self.bucket.consume(nbytes)
+            if wait > 0 and self._rate_timer is None:
+                # In debt: stop reading until it is paid. The kernel's buffers fill and TCP
+                # flow control slows the sender; no byte is held or looked at here.
+                assert self.source is not None
+                self.source.pause_reading()
+                self._rate_timer = asyncio.get_running_loop().call_later(wait, self._rate_paid)
+
+    def _rate_paid(self) -> None:
+        self._rate_timer = None
+        self._update_reading()
+
+    def sink_full(self, full: bool) -> None:
+        """Our sink's write buffer passed its high-water mark (or drained again)."""
+        self._sink_full = full
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        source = self.source
+        if source is None or source.is_closing():
+            return
+        if self._sink_full or self._rate_timer is not None:
+            source.pause_reading()
+        else:
+            source.resume_reading()
+
+    def cancel_timer(self) -> None:
+        if self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
 
     def eof_received(self) -> bool:
         # Half-close: pass the FIN on and keep the other direction running.
@@ -86,21 +127,36 @@ class _Direction(asyncio.BufferedProtocol):
     # asyncio calls these on the protocol of a transport whose *write* buffer is full, i.e. on
     # the direction that reads from it; the bytes backing up come from the other direction.
     def pause_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.pause_reading()
+        self._relay.other(self).sink_full(True)
 
     def resume_writing(self) -> None:
-        if self.sink is not None and not self.sink.is_closing():
-            self.sink.resume_reading()
+        self._relay.other(self).sink_full(False)
 
 
 class Relay:
     """Runs one tunnel between a client transport and a target transport until it ends."""
 
-    def __init__(self, buffer_bytes: int) -> None:
+    def __init__(
+        self,
+        buffer_bytes: int,
+        *,
+        buckets: tuple[TokenBucket, TokenBucket] | None = None,
+        idle_timeout_seconds: float | None = None,
+    ) -> None:
+        """``buckets``: bandwidth limits (from client, to client); ``idle_timeout_seconds``:
+        end the tunnel when no byte moved either way for that long."""
         self.from_client = _Direction(self, buffer_bytes, is_client=True)
         self.to_client = _Direction(self, buffer_bytes, is_client=False)
+        if buckets is not None:
+            self.from_client.bucket, self.to_client.bucket = buckets
         self._done: asyncio.Future[CloseReason] = asyncio.get_running_loop().create_future()
+        self._idle_timeout = idle_timeout_seconds
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_counts = (-1, -1)
+        self._idle_since = 0.0
+
+    def other(self, direction: _Direction) -> _Direction:
+        return self.to_client if direction is self.from_client else self.from_client
 
     @property
     def target_protocol(self) -> asyncio.BufferedProtocol:
@@ -123,6 +179,22 @@ class Relay:
         else:
             client.resume_reading()
         target.resume_reading()
+        if self._idle_timeout is not None:
+            self._check_idle()
+
+    def _check_idle(self) -> None:
+        # A timer a few times per timeout instead of a timestamp per chunk: idle tunnels cost
+        # one callback now and then, busy ones nothing per byte.
+        assert self._idle_timeout is not None
+        loop = asyncio.get_running_loop()
+        counts = self.bytes_counts()
+        if counts != self._idle_counts:
+            self._idle_counts = counts
+            self._idle_since = loop.time()
+        elif loop.time() - self._idle_since >= self._idle_timeout:
+            self._finish(CloseReason.IDLE_TIMEOUT)
+            return
+        self._idle_timer = loop.call_later(self._idle_timeout / 4, self._check_idle)
 
     def bytes_counts(self) -> tuple[int, int]:
         return self.from_client.count, self.to_client.count
@@ -152,6 +224,10 @@ class Relay:
         if self._done.done():
             return
         self._done.set_result(reason)
+        self.from_client.cancel_timer()
+        self.to_client.cancel_timer()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         for transport in (self.from_client.source, self.to_client.source):
             if transport is not None and not transport.is_closing():
                 if reason is CloseReason.CLOSED:

@@ -194,6 +194,8 @@ class UdpAssociation:
         client_port: the port the client declared in its request; 0 (not known yet) locks
             onto the source port of the first well-formed datagram from ``client_host``.
         allow: the per-user destination rule, asked for every datagram's destination.
+        allow_resolved: asked (name, IP, port) for each datagram to a name, about the address
+            the name resolved to, so a name cannot lead where its address may not go.
     """
 
     def __init__(
@@ -204,7 +206,9 @@ class UdpAssociation:
         idle_timeout_seconds: float,
         allow: Callable[[Address], bool] | None = None,
         names: NameCache | None = None,
+        allow_resolved: Callable[[str, str, int], bool] | None = None,
     ) -> None:
+        self._allow_resolved = allow_resolved
         self._client_host = normalise_host(client_host)
         self._client_port = client_port
         self._idle_timeout = idle_timeout_seconds
@@ -307,7 +311,7 @@ class UdpAssociation:
             return
         ip = self._names.get(target.host)
         if ip is not None:
-            self._send_to_target(ip, target.port, payload)
+            self._send_to_name(target.host.lower(), ip, target.port, payload)
         else:
             self._resolve_then_send(target.host.lower(), target.port, payload)
 
@@ -332,6 +336,12 @@ class UdpAssociation:
         self.counters.datagrams_from_client += 1
         self.counters.bytes_from_client += len(payload)
         transport.sendto(payload, _sockaddr(ip, port))
+
+    def _send_to_name(self, name: str, ip: str, port: int, payload: bytes) -> None:
+        if self._allow_resolved is not None and not self._allow_resolved(name, ip, port):
+            self._drop(Drop.NOT_ALLOWED)
+            return
+        self._send_to_target(ip, port, payload)
 
     def _resolve_then_send(self, name: str, port: int, payload: bytes) -> None:
         waiting = self._waiting.get(name)
@@ -367,7 +377,7 @@ class UdpAssociation:
             return
         self._names.put(name, ip)
         for port, payload in waiting:
-            self._send_to_target(ip, port, payload)
+            self._send_to_name(name, ip, port, payload)
 
     # --- target → client ------------------------------------------------------------------
 

@@ -15,7 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from socksauth.auth import accounts, passwords
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
 from socksauth.auth.cache import VerificationCache
+from socksauth.auth.throttle import LoginThrottle, ThrottleSettings
 from socksauth.store.users import SqlUserStore
+
+UNTHROTTLED = LoginThrottle(
+    ThrottleSettings(
+        free_failures=10**6,
+        address_lockout_failures=10**6,
+        pair_lockout_failures=10**6,
+        user_alert_failures=10**6,
+    )
+)
 
 
 @pytest.fixture
@@ -31,7 +41,9 @@ async def authenticator(store: SqlUserStore) -> AsyncIterator[Authenticator]:
     try:
         # A long interval: these tests flush by hand, so what they see is what they flushed.
         async with LoginRecorder(store, interval_seconds=3600) as logins:
-            auth = Authenticator(store, executor, logins)
+            # These tests time and repeat failures on purpose: no throttle delays (its own
+            # tests are in test_throttle.py and tests/server/test_access.py).
+            auth = Authenticator(store, executor, logins, throttle=UNTHROTTLED)
             await auth.start()
             yield auth
     finally:

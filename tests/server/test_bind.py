@@ -16,6 +16,7 @@ from e2e import (
     CommandReply,
     ProxyFactory,
     RunningProxy,
+    allow_loopback_targets,
     eventually,
     ipv6_loopback_available,
     login,
@@ -166,6 +167,7 @@ async def test_bind_switched_off_gets_reply_7(start_proxy: ProxyFactory) -> None
 async def test_bind_over_ipv6_listens_on_ipv6_and_names_the_ipv6_peer(
     database_url: str, user_store: SqlUserStore
 ) -> None:
+    await allow_loopback_targets(database_url)
     settings = Settings(database_url=database_url, listen=(ListenAddress(host="::1", port=0),))
     async with (
         app.running_server(settings) as server,

@@ -8,6 +8,7 @@ import re
 
 import pytest
 from e2e import (
+    allow_loopback_targets,
     ipv6_loopback_available,
     login,
     raw_connection,
@@ -71,6 +72,7 @@ async def test_ipv4_and_ipv6_listeners_log_their_real_ports_and_both_serve(
     database_url: str, user_store: SqlUserStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="socksauth")
+    await allow_loopback_targets(database_url)
     settings = Settings(
         database_url=database_url,
         listen=(parse_listen("127.0.0.1:0"), parse_listen("[::1]:0")),

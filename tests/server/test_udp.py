@@ -23,6 +23,7 @@ from e2e import (
     CommandReply,
     ProxyFactory,
     RunningProxy,
+    allow_loopback_targets,
     encode_address,
     eventually,
     ipv6_loopback_available,
@@ -339,6 +340,7 @@ async def test_udp_associate_switched_off_gets_reply_7(start_proxy: ProxyFactory
 
 @contextlib.asynccontextmanager
 async def proxy_on(database_url: str, host: str) -> AsyncIterator[ProxyServer]:
+    await allow_loopback_targets(database_url)
     settings = Settings(database_url=database_url, listen=(ListenAddress(host=host, port=0),))
     async with app.running_server(settings) as server:
         yield server
