@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -9,8 +10,13 @@ import click
 
 from socksauth import app, logs
 from socksauth.auth import accounts, passwords
-from socksauth.cli.options import database_url_option, resolve_database_url, run_command
-from socksauth.config import Settings, parse_listen, parse_networks
+from socksauth.cli.options import (
+    database_url_option,
+    reported_errors,
+    resolve_database_url,
+    run_command,
+)
+from socksauth.config import Settings, default_workers, parse_listen, parse_networks
 from socksauth.errors import ConfigError, UserError
 from socksauth.server.listener import ProxyServer
 
@@ -99,6 +105,14 @@ def _settings(
 
 @click.command()
 @_server_options
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=256),
+    default=default_workers,
+    show_default="number of CPU cores",
+    envvar="SOCKSAUTH_WORKERS",
+    help="Worker processes sharing the listening ports (SO_REUSEPORT), each with its own loop.",
+)
 def serve(
     database_url: str | None,
     listen: tuple[str, ...],
@@ -108,13 +122,21 @@ def serve(
     udp: bool,
     bind: bool,
     log_level: str,
+    workers: int,
 ) -> None:
     """Run the proxy until SIGINT or SIGTERM."""
     settings = _settings(
         database_url, listen, trusted_network, handshake_timeout, connect_timeout, udp, bind
     )
     logs.configure(log_level)
-    run_command(_serve(settings))
+    if workers == 1:
+        run_command(_serve(settings))
+    else:
+        # The supervisor runs no event loop of its own: it forks, and forking a process
+        # with a running loop would copy that loop into every worker.
+        with reported_errors():
+            code = app.serve_workers(settings, workers)
+        sys.exit(code)
 
 
 async def _serve(settings: Settings) -> None:
