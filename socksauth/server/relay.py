@@ -44,6 +44,7 @@ class _Direction(asyncio.BufferedProtocol):
         "_view",
         "bucket",
         "count",
+        "early",
         "eof",
         "is_client",
         "sink",
@@ -53,10 +54,12 @@ class _Direction(asyncio.BufferedProtocol):
     def __init__(self, relay: Relay, buffer_bytes: int, is_client: bool) -> None:
         self._relay = relay
         self._buffer_bytes = buffer_bytes
-        self._view = memoryview(bytearray(buffer_bytes))
+        # Allocated at the first read: an idle tunnel holds no relay buffer at all.
+        self._view: memoryview | None = None
         self.source: asyncio.Transport | None = None
         self.sink: asyncio.Transport | None = None
         self.count = 0
+        self.early = bytearray()  # target bytes read before the client was attached
         self.eof = False
         self.is_client = is_client
         # Bandwidth limit: charged once per chunk read; reading pauses while in debt.
@@ -67,13 +70,26 @@ class _Direction(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.source = cast(asyncio.Transport, transport)
+        if self.sink is None:
+            # The target connection exists before the client is attached (the success reply
+            # goes first): a target that speaks first (SSH, SMTP banners) waits in the kernel.
+            self.source.pause_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self._view is None:
+            self._view = memoryview(bytearray(self._buffer_bytes))
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
+        assert self._view is not None
         self.count += nbytes
-        assert self.sink is not None
+        if self.sink is None:
+            # The target spoke before the client was attached (uvloop may deliver a first
+            # read even though connection_made paused reading): keep it for attach_client.
+            self.early.extend(self._view[:nbytes])
+            if self.source is not None:
+                self.source.pause_reading()
+            return
         self.sink.write(self._view[:nbytes])
         if self.sink.get_write_buffer_size():
             # The sink could not send it all at once and may keep a reference to our buffer
@@ -115,7 +131,8 @@ class _Direction(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         # Half-close: pass the FIN on and keep the other direction running.
         self.eof = True
-        assert self.sink is not None
+        if self.sink is None:
+            return True  # before the client is attached: attach_client passes it on
         if not self.sink.is_closing() and self.sink.can_write_eof():
             self.sink.write_eof()
         self._relay.direction_ended(self)
@@ -171,6 +188,11 @@ class Relay:
         self.from_client.sink = target
         self.to_client.sink = client
         client.set_protocol(self.from_client)
+        if self.to_client.early:
+            client.write(self.to_client.early)
+            self.to_client.early = bytearray()
+        if self.to_client.eof:
+            self.to_client.eof_received()
         if trailing:
             self.from_client.count += len(trailing)
             target.write(trailing)

@@ -163,3 +163,34 @@ async def test_serve_with_an_unreachable_database_exits_1_without_its_password()
     assert result.returncode == 1
     assert "Connection refused" in one_error_line(result.stderr)
     assert SECRET not in result.stdout + result.stderr
+
+
+async def test_a_target_that_speaks_first_loses_no_byte(
+    database_url: str, engine: AsyncEngine, user_store: SqlUserStore
+) -> None:
+    # uvloop (what `serve` runs on) delivers a target's first bytes as soon as the outbound
+    # connection exists, before the client has its reply: SSH and SMTP servers speak first.
+    banner = bytes(range(256)) * 500
+
+    async def speak_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(banner)
+        await writer.drain()
+        writer.close()
+
+    target = await asyncio.start_server(speak_first, "127.0.0.1", 0)
+    await SqlRuleStore(engine).add_rule(NewRule(action="allow", cidr="127.0.0.0/8"), position=1)
+    async with target, serving("--database-url", database_url, "--workers", "1") as serve:
+        for _ in range(3):
+            async with raw_connection(serve.port) as (reader, writer):
+                port = target.sockets[0].getsockname()[1]
+                writer.write(
+                    greeting(2)
+                    + credentials(ALICE, ALICE_PASSWORD)
+                    + b"\x05\x01\x00\x01\x7f\x00\x00\x01"
+                    + port.to_bytes(2, "big")
+                )
+                received = await read_until_closed(reader)
+                # method selection, auth status, success reply with an IPv4 address: 14 bytes
+                assert received[:5] == b"\x05\x02\x01\x00\x05" and received[5] == 0
+                assert received[14:] == banner, "".join(serve.stderr)
+    assert "AssertionError" not in "".join(serve.stderr), "".join(serve.stderr)
