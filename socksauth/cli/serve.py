@@ -10,6 +10,7 @@ import click
 
 from socksauth import app, logs
 from socksauth.auth import accounts, passwords
+from socksauth.cli.access import access_options, access_settings
 from socksauth.cli.options import (
     database_url_option,
     reported_errors,
@@ -26,8 +27,9 @@ def _server_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--listen",
             multiple=True,
-            metavar="HOST:PORT",
-            help="Address to listen on, repeatable; [::1]:1080 for IPv6. [default: 127.0.0.1:1080]",
+            metavar="HOST:PORT[@CIDR,...]",
+            help="Address to listen on, repeatable; [::1]:1080 for IPv6. After @, the only "
+            "client networks this listener admits. [default: 127.0.0.1:1080]",
         ),
         click.option(
             "--trusted-network",
@@ -69,6 +71,7 @@ def _server_options(function: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
         ),
         database_url_option,
+        access_options,
     ]
     for option in reversed(options):
         function = option(function)
@@ -95,6 +98,7 @@ def _settings(
             connect_timeout_seconds=connect_timeout,
             udp_enabled=udp,
             bind_enabled=bind,
+            **access_settings(),
             **extra,
         )
     except ConfigError as error:
