@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from types import TracebackType
 
 from socksauth.auth import passwords
+from socksauth.auth.accounts import validate_username
 from socksauth.auth.cache import VerificationCache
 from socksauth.auth.throttle import LoginThrottle
+from socksauth.errors import UserError
 from socksauth.logs import get_logger
 from socksauth.store.interfaces import UserLookup, UserRecord
 
@@ -119,7 +121,10 @@ class Authenticator:
             return None
         if admission.delay_seconds:
             await asyncio.sleep(admission.delay_seconds)
-        user = await self._users.get_user(username)
+        # A name no account can have (NUL, other control characters, bytes that are not
+        # UTF-8) is an unknown user without asking the database, which may refuse to even
+        # compare it (PostgreSQL rejects NUL in text). Found by tests/server/test_fuzz.py.
+        user = await self._users.get_user(username) if _could_be_account(username) else None
         usable = user is not None and user.enabled and not user.expired(self._clock())
         stored_hash = user.password_hash if user is not None and usable else self._dummy_hash
         if usable and self._cache.contains(username, stored_hash, password):
@@ -155,3 +160,11 @@ class Authenticator:
             log.exception("could not store the rehashed password of %r", user.username)
             return user.password_hash
         return new_hash
+
+
+def _could_be_account(username: str) -> bool:
+    try:
+        validate_username(username)
+    except UserError:
+        return False
+    return True

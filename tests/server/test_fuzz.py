@@ -240,3 +240,23 @@ async def test_random_handshakes_over_a_socket_do_not_break_the_server(
             writer.close()
     unexpected = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert unexpected == [], [r.getMessage() for r in unexpected]
+
+
+@pytest.mark.parametrize("name", [b"\x01\x00\x04\x00\x00", b"al\x00ice", b"\xff\xfe", b"alice\n"])
+async def test_a_username_no_account_can_have_is_a_plain_login_failure(
+    start_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture, name: bytes
+) -> None:
+    # Found by the socket fuzz on PostgreSQL: a NUL in the username made the lookup raise.
+    caplog.set_level(logging.INFO, logger="socksauth")
+    async with start_proxy() as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            password = b"whatever"
+            writer.write(
+                GREETING + bytes((1, len(name))) + name + bytes((len(password),)) + password
+            )
+            async with asyncio.timeout(10):
+                assert await reader.read() == b"\x05\x02\x01\x01"
+        finally:
+            writer.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
