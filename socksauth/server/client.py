@@ -417,11 +417,11 @@ class ClientConnection:
         username = None if user is None else user.username
         policy = access.policy
         verdict: Verdict | None
-        if target.type is AddressType.DOMAINNAME:
-            verdict = policy.check_request(username, command, target.host, target.port)
-        elif command is Command.UDP_ASSOCIATE:
+        if command is Command.UDP_ASSOCIATE:
             # DST is where the client sends from, not a destination: each datagram is checked.
             verdict = policy.check_request(username, command, None, None)
+        elif target.type is AddressType.DOMAINNAME:
+            verdict = policy.check_request(username, command, target.host, target.port)
         else:
             address = ipaddress.ip_address(target.host)
             if command is Command.BIND and address.is_unspecified:
