@@ -199,6 +199,8 @@ async def _quickstart(settings: Settings, username: str, password: str) -> None:
             f"Try it (any URL works):\n\n"
             f"  curl --socks5-hostname {username}:{password}@{host}:{bound.port} "
             f"https://example.com/\n\n"
+            f"Targets on this machine (localhost, 127.0.0.1) are denied by default; allow them\n"
+            f"with `socksauth rule add allow --cidr 127.0.0.0/8`.\n"
             f"Add users with `socksauth user add NAME`; stop with Ctrl-C.\n",
             err=True,
         )

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from e2e import echo_server, proxy, start_proxy, user_store
+from e2e import echo_server, http_server, proxy, start_proxy, user_store
 
-__all__ = ["echo_server", "proxy", "start_proxy", "user_store"]
+__all__ = ["echo_server", "http_server", "proxy", "start_proxy", "user_store"]
