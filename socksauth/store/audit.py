@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, case, delete, func, or_, select, update
@@ -22,6 +22,7 @@ from socksauth.store.interfaces import (
     UserStats,
 )
 from socksauth.store.models import AuditRow
+from socksauth.store.times import from_db, to_utc
 
 _AUDIT: Table = AuditRow.__table__  # type: ignore[assignment]
 _COLUMNS = tuple(column.name for column in _AUDIT.columns)
@@ -63,7 +64,7 @@ class SqlAuditStore:
         """Close ``node``'s rows still open that started before ``at`` (the previous process's:
         this one's started later) as INTERRUPTED at ``at``; how many there were.
         """
-        at = _to_utc(at)
+        at = to_utc(at)
         with database_errors():
             async with self._engine.begin() as conn:
                 result = await conn.execute(
@@ -135,7 +136,7 @@ class SqlAuditStore:
                 bytes_from_client=int(row.from_client),
                 bytes_to_client=int(row.to_client),
                 tunnel_seconds=float(row.seconds),
-                last_seen=_from_db(row.last),
+                last_seen=from_db(row.last),
             )
             for row in rows
         ]
@@ -148,7 +149,7 @@ class SqlAuditStore:
             async with self._engine.begin() as conn:
                 result = await conn.execute(
                     delete(AuditRow).where(
-                        AuditRow.started_at < _to_utc(before), AuditRow.ended_at.is_not(None)
+                        AuditRow.started_at < to_utc(before), AuditRow.ended_at.is_not(None)
                     )
                 )
         return int(result.rowcount)
@@ -168,37 +169,23 @@ def _upserts(dialect: str) -> tuple[Any, Any]:
 def _period(since: datetime | None, until: datetime | None) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if since is not None:
-        conditions.append(AuditRow.started_at >= _to_utc(since))
+        conditions.append(AuditRow.started_at >= to_utc(since))
     if until is not None:
-        conditions.append(AuditRow.started_at < _to_utc(until))
+        conditions.append(AuditRow.started_at < to_utc(until))
     return conditions
 
 
 def _values(entry: AuditEntry) -> dict[str, Any]:
     values = {name: getattr(entry, name) for name in _COLUMNS}
-    values["started_at"] = _to_utc(entry.started_at)
+    values["started_at"] = to_utc(entry.started_at)
     if entry.ended_at is not None:
-        values["ended_at"] = _to_utc(entry.ended_at)
+        values["ended_at"] = to_utc(entry.ended_at)
     return values
 
 
 def _entry(row: Any) -> AuditEntry:
     values = {name: getattr(row, name) for name in _COLUMNS}
-    values["started_at"] = _from_db(row.started_at)
+    values["started_at"] = from_db(row.started_at)
     if row.ended_at is not None:
-        values["ended_at"] = _from_db(row.ended_at)
+        values["ended_at"] = from_db(row.ended_at)
     return AuditEntry(**values)
-
-
-def _to_utc(moment: datetime) -> datetime:
-    # SQLite stores the wall-clock digits without a zone: every instant goes in as UTC.
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError("audit times must be timezone-aware datetimes")
-    return moment.astimezone(UTC)
-
-
-def _from_db(moment: datetime) -> datetime:
-    # SQLite hands back the naive UTC value we stored; PostgreSQL an aware one.
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)

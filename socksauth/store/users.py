@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from socksauth.errors import UserError
 from socksauth.store.interfaces import UserRecord
 from socksauth.store.models import UserRow
+from socksauth.store.times import from_db, to_utc
 
 # The Table itself: a Core executemany UPDATE with bound names needs its ``.c`` columns.
 _USERS = UserRow.metadata.tables[UserRow.__tablename__]
@@ -70,7 +71,7 @@ class SqlUserStore:
         # Bind names differ from column names: SQLAlchemy reserves a column's own name
         # for the value in SET.
         params = [
-            {"b_username": username, "b_last_login_at": _to_utc(at)}
+            {"b_username": username, "b_last_login_at": to_utc(at)}
             for username, at in logins.items()
         ]
         statement = (
@@ -145,7 +146,7 @@ class SqlUserStore:
             username,
             max_connections=max_connections,
             max_bandwidth_bytes_per_second=max_bandwidth_bytes_per_second,
-            expires_at=None if expires_at is None else _to_utc(expires_at),
+            expires_at=None if expires_at is None else to_utc(expires_at),
         )
 
     async def get_users(self, usernames: Collection[str]) -> Mapping[str, UserRecord]:
@@ -178,29 +179,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _to_utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError("login times must be timezone-aware datetimes")
-    return moment.astimezone(UTC)
-
-
-def _from_db(moment: datetime) -> datetime:
-    # SQLite has no time zone type and hands back the naive UTC value we stored;
-    # PostgreSQL returns aware datetimes, normalised here to UTC as well.
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
 def _record(row: Any) -> UserRecord:
     return UserRecord(
         username=row.username,
         password_hash=row.password_hash,
         enabled=row.enabled,
-        created_at=_from_db(row.created_at),
-        updated_at=_from_db(row.updated_at),
-        last_login_at=None if row.last_login_at is None else _from_db(row.last_login_at),
+        created_at=from_db(row.created_at),
+        updated_at=from_db(row.updated_at),
+        last_login_at=None if row.last_login_at is None else from_db(row.last_login_at),
         max_connections=row.max_connections,
         max_bandwidth_bytes_per_second=row.max_bandwidth_bytes_per_second,
-        expires_at=None if row.expires_at is None else _from_db(row.expires_at),
+        expires_at=None if row.expires_at is None else from_db(row.expires_at),
     )
