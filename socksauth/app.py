@@ -25,6 +25,7 @@ from socksauth.server.listener import ProxyServer, bind_listeners
 from socksauth.store import migrate
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.database import (
+    connected,
     create_engine,
     database_errors,
     default_audit_spill_path,
@@ -43,58 +44,38 @@ T = TypeVar("T")
 @contextlib.asynccontextmanager
 async def open_user_store(database_url: str) -> AsyncIterator[UserStore]:
     """A user store on a schema that is current, for the CLI's account commands."""
-    engine = create_engine(database_url)
-    try:
-        with database_errors():
-            await migrate.ensure_current(engine)
-            yield SqlUserStore(engine)
-    finally:
-        await engine.dispose()
+    async with connected(database_url) as engine:
+        await migrate.ensure_current(engine)
+        yield SqlUserStore(engine)
 
 
 @contextlib.asynccontextmanager
 async def open_rule_store(database_url: str) -> AsyncIterator[RuleStore]:
     """The destination rules on a schema that is current, for `socksauth rule`."""
-    engine = create_engine(database_url)
-    try:
-        with database_errors():
-            await migrate.ensure_current(engine)
-            yield SqlRuleStore(engine)
-    finally:
-        await engine.dispose()
+    async with connected(database_url) as engine:
+        await migrate.ensure_current(engine)
+        yield SqlRuleStore(engine)
 
 
 @contextlib.asynccontextmanager
 async def open_audit_reader(database_url: str) -> AsyncIterator[AuditReader]:
     """The audit on a schema that is current, for `socksauth audit` and `socksauth stats`."""
-    engine = create_engine(database_url)
-    try:
-        with database_errors():
-            await migrate.ensure_current(engine)
-            yield SqlAuditStore(engine)
-    finally:
-        await engine.dispose()
+    async with connected(database_url) as engine:
+        await migrate.ensure_current(engine)
+        yield SqlAuditStore(engine)
 
 
 async def upgrade_database(database_url: str) -> str:
     """Migrate to head; returns the revision now current."""
-    engine = create_engine(database_url)
-    try:
-        with database_errors():
-            await migrate.upgrade(engine)
-            return await migrate.current(engine) or ""
-    finally:
-        await engine.dispose()
+    async with connected(database_url) as engine:
+        await migrate.upgrade(engine)
+        return await migrate.current(engine) or ""
 
 
 async def database_revision(database_url: str) -> tuple[str | None, str]:
     """(the database's revision or None, the revision this code needs)."""
-    engine = create_engine(database_url)
-    try:
-        with database_errors():
-            return await migrate.current(engine), migrate.head()
-    finally:
-        await engine.dispose()
+    async with connected(database_url) as engine:
+        return await migrate.current(engine), migrate.head()
 
 
 @contextlib.asynccontextmanager
@@ -302,9 +283,5 @@ def serve_workers(settings: Settings, workers: int) -> int:
 
 
 async def _check_database(database_url: str) -> None:
-    engine = create_engine(database_url)
-    try:
-        with database_errors():
-            await migrate.ensure_current(engine)
-    finally:
-        await engine.dispose()
+    async with connected(database_url) as engine:
+        await migrate.ensure_current(engine)

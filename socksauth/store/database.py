@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +125,14 @@ def database_errors() -> Iterator[None]:
         raise DatabaseError(f"database: {reason}") from None
     except OSError as error:
         raise DatabaseError(f"database: {error.strerror or error}") from None
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine for one command: its errors become DatabaseError, and it is disposed after."""
+    engine = create_engine(url)
+    try:
+        with database_errors():
+            yield engine
+    finally:
+        await engine.dispose()
