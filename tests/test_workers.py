@@ -39,26 +39,23 @@ class Supervisor:
             return set()
 
 
+async def serve_with_two_workers(database_url: str) -> asyncio.subprocess.Process:
+    """`socksauth serve --workers 2` on a free loopback port, its log on a pipe."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "socksauth", "serve", "--workers", "2",
+        "--listen", "127.0.0.1:0", "--database-url", database_url,
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
 @pytest.fixture
 async def supervisor(
     database_url: str,
     user_store: SqlUserStore,  # noqa: F811
 ) -> AsyncIterator[Supervisor]:
     await allow_loopback_targets(database_url)  # the echo target listens on loopback
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "socksauth",
-        "serve",
-        "--workers",
-        "2",
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
-        database_url,
-        stdin=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await serve_with_two_workers(database_url)
     assert process.stderr is not None
     port = 0
     async with asyncio.timeout(30):
@@ -119,20 +116,7 @@ async def test_a_worker_that_dies_is_restarted_and_the_port_keeps_serving(
 async def test_workers_do_not_start_on_a_database_that_is_behind(
     unmigrated_engine: AsyncEngine, database_url: str
 ) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "socksauth",
-        "serve",
-        "--workers",
-        "2",
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
-        database_url,
-        stdin=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await serve_with_two_workers(database_url)
     async with asyncio.timeout(30):
         _, stderr = await process.communicate()
     assert process.returncode == 1
