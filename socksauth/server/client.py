@@ -506,8 +506,8 @@ class ClientConnection:
         except BaseException:
             sock.close()
             raise
-        # Nothing from the target may reach the client before the success reply.
-        target_transport.pause_reading()
+        # Nothing from the target reaches the client before the success reply: the relay
+        # holds the target's reading (and any early bytes) until attach_client.
         bound = target_transport.get_extra_info("sockname")
         peer = target_transport.get_extra_info("peername")
         record.dialed = str(Address.from_host(peer[0], peer[1]))
