@@ -101,11 +101,7 @@ class Access:
     def set_own_endpoints(self, endpoints: Sequence[tuple[str, int]]) -> None:
         """The listen addresses actually bound: targets the proxy must not loop back to."""
         self._own_endpoints = tuple(endpoints)
-        self.policy = DestinationPolicy(
-            self.policy.rules,
-            deny_private=self.settings.deny_private_networks,
-            own_endpoints=self._own_endpoints,
-        )
+        self._use_rules(self.policy.rules)
 
     async def load_rules(self) -> None:
         """Re-read the rules; on a database error the rules in force stay."""
@@ -114,12 +110,15 @@ class Access:
         records = await self._rules.list_rules()
         rules = policy_rules(records)
         if tuple(rules) != self.policy.rules:
-            self.policy = DestinationPolicy(
-                rules,
-                deny_private=self.settings.deny_private_networks,
-                own_endpoints=self._own_endpoints,
-            )
+            self._use_rules(rules)
             log.info("destination rules loaded: %d", len(rules))
+
+    def _use_rules(self, rules: Sequence[Rule]) -> None:
+        self.policy = DestinationPolicy(
+            rules,
+            deny_private=self.settings.deny_private_networks,
+            own_endpoints=self._own_endpoints,
+        )
 
     async def current_users(self, usernames: Iterable[str]) -> dict[str, UserRecord]:
         if self._users is None:
