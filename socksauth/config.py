@@ -119,6 +119,21 @@ class Settings:
     account_check_seconds: float | None = 2.0
     # A tunnel that moved no byte either way for this long is closed; None: never.
     idle_timeout_seconds: float | None = 900.0
+    # Shutdown (SIGTERM/SIGINT): after accepting stops and handshakes finish, tunnels get this
+    # long to end on their own before the rest are closed.
+    shutdown_grace_seconds: float = 30.0
+    # PROXY protocol v1/v2 (HAProxy): clients connecting from these networks (the load
+    # balancers) must start with a PROXY header, whose source address then stands for the
+    # client everywhere (audit, rules, throttling). A header from anyone else is a protocol
+    # error. Empty: no PROXY protocol.
+    proxy_protocol_networks: tuple[IPNetwork, ...] = ()
+    # The admin HTTP listener (/metrics, /healthz, /readyz); None: off.
+    admin_listen: ListenAddress | None = None
+    # Per-user labels on the metrics: one series per user, so opt-in.
+    metrics_per_user: bool = False
+    log_level: str = "INFO"
+    # "text": human-readable lines; "json": one JSON object per line.
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -145,6 +160,12 @@ class Settings:
             raise ConfigError("relay_buffer_bytes: must be at least 4096")
         if not self.node_name or len(self.node_name) > 255:
             raise ConfigError("node_name: must be 1 to 255 characters")
+        if not self.shutdown_grace_seconds >= 0:
+            raise ConfigError("shutdown_grace_seconds: must be zero or more seconds")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("log_level: must be one of DEBUG, INFO, WARNING, ERROR")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format: must be 'text' or 'json'")
 
     def is_trusted(self, host: str) -> bool:
         """Whether a client at ``host`` may skip authentication (method 0x00)."""
