@@ -6,7 +6,7 @@ No SQLAlchemy here: this is the only store module that auth, audit and server im
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -95,6 +95,31 @@ class LiveUsers(Protocol):
 
     async def get_users(self, usernames: Collection[str]) -> Mapping[str, UserRecord]:
         """The accounts among ``usernames`` that exist, by name, in one query."""
+        ...
+
+
+class ChangeFeed(Protocol):
+    """How a node learns that accounts or rules changed, on this node or any other."""
+
+    async def revision(self) -> int:
+        """A counter that every committed change of an account or a rule increases."""
+        ...
+
+    async def listen(self, on_change: Callable[[], None]) -> bool:
+        """Have ``on_change`` called soon after each change; False when this store cannot
+        tell (then poll ``revision``). Call again to re-establish a lost subscription."""
+        ...
+
+
+class ConnectionLeases(Protocol):
+    """Per-user connection counts shared by every node on the database."""
+
+    async def acquire(self, username: str, limit: int) -> bool:
+        """Count one more connection of ``username`` unless all nodes have ``limit``."""
+        ...
+
+    def release(self, username: str) -> None:
+        """Count one fewer (written in the background)."""
         ...
 
 

@@ -131,3 +131,27 @@ class AuditRow(Base):
     datagrams_to_client: Mapped[int] = mapped_column(
         BigInteger, nullable=False, default=0, server_default="0"
     )
+
+
+class StoreRevisionRow(Base):
+    """One row: a counter that triggers bump on every change of an account or a rule
+    (migration 0004), so each node knows when its caches are stale."""
+
+    __tablename__ = "store_revision"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class ConnectionLeaseRow(Base):
+    """How many connections ``node`` has open for ``username``: a per-user limit counts the
+    leases of every node renewed recently enough (store/leases.py)."""
+
+    __tablename__ = "connection_leases"
+    __table_args__ = (Index("ix_connection_leases_username", "username"),)
+
+    node: Mapped[str] = mapped_column(String(255), primary_key=True)
+    username: Mapped[str] = mapped_column(String(255), primary_key=True)
+    connections: Mapped[int] = mapped_column(Integer, nullable=False)
+    renewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
