@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from socksauth.audit import AuditLog
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
+from socksauth.auth.user_cache import UserCache
 from socksauth.config import ListenAddress, Settings
 from socksauth.logs import get_logger
 from socksauth.server.access import Access
@@ -24,6 +25,7 @@ from socksauth.server.audit import AuditObserver
 from socksauth.server.listener import ProxyServer, bind_listeners
 from socksauth.store import migrate
 from socksauth.store.audit import SqlAuditStore
+from socksauth.store.changes import SqlChangeFeed
 from socksauth.store.database import (
     connected,
     create_engine,
@@ -33,6 +35,7 @@ from socksauth.store.database import (
     redact_url,
 )
 from socksauth.store.interfaces import AuditReader, RuleStore, UserStore
+from socksauth.store.leases import SqlConnectionLeases
 from socksauth.store.rules import SqlRuleStore
 from socksauth.store.users import SqlUserStore
 
@@ -92,13 +95,15 @@ async def running_server(
         with database_errors():
             await migrate.ensure_current(engine)
         users = SqlUserStore(engine)
+        # Logins read accounts from memory; the change feed (below) empties it on any change.
+        cached_users = UserCache(users)
         executor = ThreadPoolExecutor(
             max_workers=settings.password_verify_threads, thread_name_prefix="verify"
         )
         stack.callback(executor.shutdown, wait=True, cancel_futures=True)
         logins = await stack.enter_async_context(LoginRecorder(users))
         authenticator = Authenticator(
-            users, executor, logins, max_concurrent=settings.password_verify_threads
+            cached_users, executor, logins, max_concurrent=settings.password_verify_threads
         )
         await authenticator.start()
         # Entered before the server, so it is flushed after the server has stopped and every
@@ -112,8 +117,23 @@ async def running_server(
             )
         )
         observer = AuditObserver(audit_log, settings.node_name)
-        access = Access(settings, rules=SqlRuleStore(engine), users=users)
+        changes = SqlChangeFeed(engine)
+        stack.push_async_callback(changes.close)
         with database_errors():
+            leases = await stack.enter_async_context(
+                SqlConnectionLeases(engine, settings.node_name)
+            )
+        access = Access(
+            settings,
+            rules=SqlRuleStore(engine),
+            users=users,
+            changes=changes,
+            on_users_changed=cached_users.invalidate,
+            leases=leases,
+        )
+        with database_errors():
+            # The revision first: a change made after it was read is one the watch sees.
+            await access.check_changes()
             await access.load_rules()
         server = await stack.enter_async_context(
             ProxyServer(settings, authenticator, observer, listen_sockets, access)

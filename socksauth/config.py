@@ -117,6 +117,10 @@ class Settings:
     # deleted or expired account, or a changed password, ends its tunnels within about this
     # long. None: never (tunnels outlive account changes).
     account_check_seconds: float | None = 2.0
+    # How often the store's change counter is read. A change of an account or a rule, made
+    # on any node or with the CLI, reaches this node's caches within about this long; with
+    # PostgreSQL it is pushed (LISTEN/NOTIFY) within milliseconds and this is the fallback.
+    change_poll_seconds: float = 1.0
     # A tunnel that moved no byte either way for this long is closed; None: never.
     idle_timeout_seconds: float | None = 900.0
     # Shutdown (SIGTERM/SIGINT): after accepting stops and handshakes finish, tunnels get this
@@ -143,6 +147,7 @@ class Settings:
             "connect_timeout_seconds",
             "udp_idle_timeout_seconds",
             "bind_timeout_seconds",
+            "change_poll_seconds",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be a positive number of seconds")

@@ -23,6 +23,7 @@ from socksauth import app
 from socksauth.auth import accounts
 from socksauth.config import ListenAddress, Settings
 from socksauth.server.listener import ProxyServer
+from socksauth.store.changes import SqlChangeFeed
 from socksauth.store.database import create_engine
 from socksauth.store.interfaces import NewRule
 from socksauth.store.rules import SqlRuleStore
@@ -172,6 +173,19 @@ class RunningProxy:
     server: ProxyServer
     settings: Settings
     store: SqlUserStore
+    changes: SqlChangeFeed
+
+    async def caught_up(self, timeout: float = 2.0) -> float:
+        """Wait until the server has seen every account and rule change committed so far
+        (PostgreSQL NOTIFY, or its poll of the change counter); the seconds it took."""
+        started = time.monotonic()
+        wanted = await self.changes.revision()
+        access = self.server.access
+        assert access is not None
+        await eventually(
+            lambda: (access.revision or 0) >= wanted, timeout, "the change reaching the proxy"
+        )
+        return time.monotonic() - started
 
     @property
     def port(self) -> int:
@@ -225,8 +239,12 @@ def proxy_factory_for(database_url: str, store: SqlUserStore) -> ProxyFactory:
             listen=(ListenAddress(host="127.0.0.1", port=0),),
             **overrides,
         )
-        async with app.running_server(settings) as server:
-            yield RunningProxy(server, settings, store)
+        engine = create_engine(database_url)
+        try:
+            async with app.running_server(settings) as server:
+                yield RunningProxy(server, settings, store, SqlChangeFeed(engine))
+        finally:
+            await engine.dispose()
 
     return start
 

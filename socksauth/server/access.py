@@ -4,6 +4,7 @@ the periodic re-read of rules and connected users' accounts that keeps them curr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -17,7 +18,14 @@ from socksauth.server.limits import (
     UserConnections,
 )
 from socksauth.server.policy import COMMAND_NAMES, Action, DestinationPolicy, Rule
-from socksauth.store.interfaces import LiveUsers, RuleRecord, RuleSource, UserRecord
+from socksauth.store.interfaces import (
+    ChangeFeed,
+    ConnectionLeases,
+    LiveUsers,
+    RuleRecord,
+    RuleSource,
+    UserRecord,
+)
 
 log = get_logger("access")
 
@@ -78,7 +86,13 @@ class Access:
         policy: DestinationPolicy | None = None,
         rules: RuleSource | None = None,
         users: LiveUsers | None = None,
+        changes: ChangeFeed | None = None,
+        on_users_changed: Callable[[], None] | None = None,
+        leases: ConnectionLeases | None = None,
     ) -> None:
+        """``changes``: where news of account and rule changes comes from; on each one the
+        rules are re-read and ``on_users_changed`` drops cached accounts. ``leases``: per-user
+        connection counts shared with other nodes (else counted in this process only)."""
         self.settings = settings
         self.policy = (
             policy
@@ -92,10 +106,13 @@ class Access:
                 max_unauthenticated_per_address=settings.max_unauthenticated_per_address,
             )
         )
-        self.user_connections = UserConnections()
+        self.user_connections = UserConnections(leases)
         self.bandwidth = Bandwidth()
         self._rules = rules
         self._users = users
+        self.changes = changes
+        self._on_users_changed = on_users_changed
+        self._revision: int | None = None
         self._own_endpoints: tuple[tuple[str, int], ...] = ()
 
     def set_own_endpoints(self, endpoints: Sequence[tuple[str, int]]) -> None:
@@ -119,6 +136,25 @@ class Access:
             deny_private=self.settings.deny_private_networks,
             own_endpoints=self._own_endpoints,
         )
+
+    @property
+    def revision(self) -> int | None:
+        """The store's change counter as last read (None before the first read)."""
+        return self._revision
+
+    async def check_changes(self) -> bool:
+        """Read the store's change counter; when it moved, drop the cached accounts and
+        re-read the rules. True when something changed (the first call only remembers)."""
+        if self.changes is None:
+            return False
+        revision = await self.changes.revision()
+        previous, self._revision = self._revision, revision
+        if previous is None or revision == previous:
+            return False
+        if self._on_users_changed is not None:
+            self._on_users_changed()
+        await self.load_rules()
+        return True
 
     async def current_users(self, usernames: Iterable[str]) -> dict[str, UserRecord]:
         if self._users is None:
@@ -147,23 +183,57 @@ def utc_now() -> datetime:
 async def watch(
     access: Access,
     live: Callable[[], Iterable[tuple[UserRecord, Callable[[str], None]]]],
-    interval_seconds: float,
+    interval_seconds: float | None,
     clock: Callable[[], datetime] = utc_now,
+    poll_seconds: float = 1.0,
 ) -> None:
-    """Every ``interval_seconds``: re-read the rules and the accounts of connected users, and
-    end the connections of each account that was revoked. ``live`` lists (the account as it
-    logged in, a function that ends that connection with a reason). Runs until cancelled;
-    database errors are logged and the next round tries again."""
+    """Keep ``access`` current until cancelled; database errors are logged and the next
+    round tries again.
+
+    - Whenever the store reports a change (PostgreSQL NOTIFY, or the change counter read every
+      ``poll_seconds``): drop cached accounts, re-read the rules, re-check connected users.
+    - Every ``interval_seconds`` (None: never): re-read the rules and the accounts of
+      connected users anyway, which also catches expiry, a matter of time, not of change.
+
+    Re-checking ends the connections of each revoked account; ``live`` lists (the account as
+    it logged in, a function that ends that connection with a reason).
+    """
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+    feed = access.changes
+    next_full_check = None if interval_seconds is None else loop.time() + interval_seconds
+    listening = False
     while True:
-        await asyncio.sleep(interval_seconds)
+        if feed is not None and not listening:
+            try:
+                listening = await feed.listen(changed.set)
+            except Exception:
+                log.exception("could not listen for changes; polling")
+        deadlines = [loop.time() + poll_seconds] if feed is not None else []
+        if next_full_check is not None:
+            deadlines.append(next_full_check)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(min(deadlines) if deadlines else None):
+                await changed.wait()
+        changed.clear()
         try:
-            await access.load_rules()
+            stale = await access.check_changes()
+            due = next_full_check is not None and loop.time() >= next_full_check
+            if not (stale or due):
+                continue
+            if due:
+                assert interval_seconds is not None
+                next_full_check = loop.time() + interval_seconds
+                await access.load_rules()
+            if interval_seconds is None:
+                continue
             connections = list(live())
             stored = await access.current_users(user.username for user, _ in connections)
         except Exception:
             # The database is away: keep the rules and connections as they are, say so once
-            # a round, and try again.
+            # a round, and try again (and listen anew: the connection may be what was lost).
             log.exception("could not re-read rules and accounts")
+            listening = False
             continue
         now = clock()
         for user, end in connections:

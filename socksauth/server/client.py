@@ -367,7 +367,7 @@ class ClientConnection:
     async def _dispatch(
         self, transport: asyncio.Transport, request: CommandRequest, record: ConnectionRecord
     ) -> None:
-        if not self._admit_request(transport, request, record):
+        if not await self._admit_request(transport, request, record):
             return
         if request.command is Command.CONNECT:
             await self._connect(transport, request.address, record)
@@ -392,7 +392,7 @@ class ClientConnection:
             # The tunnel (association, binding) exists from here: so does its audit row.
             self._observer.opened(record)
 
-    def _admit_request(
+    async def _admit_request(
         self, transport: asyncio.Transport, request: CommandRequest, record: ConnectionRecord
     ) -> bool:
         """The per-user connection limit, then the policy for what the request alone tells;
@@ -402,7 +402,9 @@ class ClientConnection:
             return True
         user = self.user
         if user is not None:
-            self._lease = access.user_connections.acquire(user.username, user.max_connections)
+            self._lease = await access.user_connections.acquire(
+                user.username, user.max_connections
+            )
             if self._lease is None:
                 log.info(
                     "%s: %r already has %s connections (max_connections)",

@@ -1,6 +1,7 @@
 """Admission limits: connections in total, clients still in the handshake (per address and in
 total), concurrent connections per user, and token buckets for bandwidth. Counting only: no
-I/O and no clock of their own (the token bucket is given one)."""
+I/O and no clock of their own (the token bucket is given one); per-user counts shared with
+other nodes go through the ConnectionLeases seam."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from dataclasses import dataclass
 
 from socksauth.auth.throttle import address_key
 from socksauth.errors import ConfigError
+from socksauth.logs import get_logger
+from socksauth.store.interfaces import ConnectionLeases
+
+log = get_logger("limits")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,17 +123,19 @@ class ConnectionLimits:
 class UserLease:
     """One of a user's concurrent connections; release it once, when the connection ends."""
 
-    __slots__ = ("_counter", "_released", "username")
+    __slots__ = ("_counter", "_released", "shared", "username")
 
-    def __init__(self, counter: UserConnections, username: str) -> None:
+    def __init__(self, counter: UserConnections, username: str, shared: bool) -> None:
         self._counter = counter
         self.username = username
+        # Counted in the shared leases too (other nodes see it), not only in this process.
+        self.shared = shared
         self._released = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._counter._release(self.username)
+            self._counter._release(self)
 
     def __enter__(self) -> UserLease:
         return self
@@ -138,28 +145,51 @@ class UserLease:
 
 
 class UserConnections:
-    """Concurrent connections per user (tunnels, associations and bindings alike)."""
+    """Concurrent connections per user (tunnels, associations and bindings alike).
 
-    def __init__(self) -> None:
+    Counted in this process; for users with a limit also in ``leases``, shared by every node
+    (and worker process) on the database, so the limit holds for all of them together.
+    """
+
+    def __init__(self, leases: ConnectionLeases | None = None) -> None:
         self._counts: dict[str, int] = {}
+        self._leases = leases
 
-    def acquire(self, username: str, limit: int | None) -> UserLease | None:
+    async def acquire(self, username: str, limit: int | None) -> UserLease | None:
         """A lease if ``username`` has fewer than ``limit`` connections (None: no limit)."""
         count = self._counts.get(username, 0)
         if limit is not None and count >= limit:
             return None
+        # Counted before any await, so concurrent logins of this process see each other.
         self._counts[username] = count + 1
-        return UserLease(self, username)
+        lease = UserLease(self, username, shared=False)
+        if limit is None or self._leases is None:
+            return lease
+        try:
+            admitted = await self._leases.acquire(username, limit)
+        except Exception:
+            # The database is away: the limit still holds in this process; other nodes'
+            # connections cannot be counted until it is back.
+            log.warning("connection leases unavailable: %r limited by this process only", username)
+            return lease
+        if not admitted:
+            lease.release()
+            return None
+        lease.shared = True
+        return lease
 
     def count(self, username: str) -> int:
         return self._counts.get(username, 0)
 
-    def _release(self, username: str) -> None:
+    def _release(self, lease: UserLease) -> None:
+        username = lease.username
         remaining = self._counts[username] - 1
         if remaining:
             self._counts[username] = remaining
         else:
             del self._counts[username]
+        if lease.shared and self._leases is not None:
+            self._leases.release(username)
 
 
 class TokenBucket:

@@ -116,11 +116,17 @@ class ProxyServer:
                 )
         if self._access is not None:
             self._access.set_own_endpoints([(b.host, b.port) for b in self.bound])
-            interval = self._settings.account_check_seconds
-            if interval is not None:
-                self._watch = loop.create_task(
-                    watch(self._access, self._live_users, interval), name="account-watch"
-                )
+            # Always watched, also without periodic account checks: the cached accounts must
+            # be dropped when the store reports a change.
+            self._watch = loop.create_task(
+                watch(
+                    self._access,
+                    self._live_users,
+                    self._settings.account_check_seconds,
+                    poll_seconds=self._settings.change_poll_seconds,
+                ),
+                name="account-watch",
+            )
 
     def _listener_of(self, sock: socket.socket) -> ListenAddress | None:
         """The listen address a pre-bound socket serves (for its client networks)."""
@@ -155,6 +161,11 @@ class ProxyServer:
         self._clients.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("client task failed", exc_info=task.exception())
+
+    @property
+    def access(self) -> Access | None:
+        """The policy and limits this server applies (None: none)."""
+        return self._access
 
     @property
     def active_clients(self) -> int:

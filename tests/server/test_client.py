@@ -87,32 +87,40 @@ async def test_unknown_user_gets_the_same_bytes_as_a_wrong_password(
     await assert_serves_a_good_client(proxy.port, echo_server)
 
 
-async def test_disabling_a_user_refuses_the_next_login_without_restart_and_enabling_restores_it(
+async def test_a_disabled_user_is_refused_once_the_change_reaches_the_proxy_and_enabling_restores(
     proxy: RunningProxy, echo_server: EchoServer
 ) -> None:
     assert await attempt_login(proxy.port, BOB, BOB_PASSWORD) == b"\x05\x02\x01\x00"
 
     await accounts.disable(proxy.store, BOB)
+    # The account was cached at the first login: the change reaches it through the store's
+    # change feed (NOTIFY on PostgreSQL, a poll every change_poll_seconds on SQLite).
+    assert await proxy.caught_up() < 2.0
     refused = await attempt_login(proxy.port, BOB, BOB_PASSWORD)
     assert refused[:3] == b"\x05\x02\x01" and refused[3] != 0 and len(refused) == 4
     # Other users are unaffected.
     assert await attempt_login(proxy.port, ALICE, ALICE_PASSWORD) == b"\x05\x02\x01\x00"
 
     await accounts.enable(proxy.store, BOB)
+    await proxy.caught_up()
     assert await attempt_login(proxy.port, BOB, BOB_PASSWORD) == b"\x05\x02\x01\x00"
 
 
-async def test_a_changed_password_applies_from_the_next_connection(
+async def test_a_changed_password_applies_once_the_change_reaches_the_proxy(
     proxy: RunningProxy, echo_server: EchoServer
 ) -> None:
+    assert await attempt_login(proxy.port, ALICE, ALICE_PASSWORD) == b"\x05\x02\x01\x00"
     await accounts.change_password(proxy.store, ALICE, "a-brand-new-one")
+    await proxy.caught_up()
     old = await attempt_login(proxy.port, ALICE, ALICE_PASSWORD)
     assert old[:3] == b"\x05\x02\x01" and old[3] != 0
     assert await attempt_login(proxy.port, ALICE, "a-brand-new-one") == b"\x05\x02\x01\x00"
 
 
 async def test_a_deleted_user_cannot_log_in(proxy: RunningProxy, echo_server: EchoServer) -> None:
+    assert await attempt_login(proxy.port, BOB, BOB_PASSWORD) == b"\x05\x02\x01\x00"
     await accounts.delete(proxy.store, BOB)
+    await proxy.caught_up()
     refused = await attempt_login(proxy.port, BOB, BOB_PASSWORD)
     assert refused[3] != 0
     await assert_serves_a_good_client(proxy.port, echo_server)

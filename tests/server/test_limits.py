@@ -74,20 +74,20 @@ def test_caps_must_be_positive() -> None:
         ConnectionCaps(max_connections=0)
 
 
-def test_per_user_connections_are_counted_with_leases() -> None:
+async def test_per_user_connections_are_counted_with_leases() -> None:
     users = UserConnections()
-    leases = [users.acquire("alice", 2), users.acquire("alice", 2)]
+    leases = [await users.acquire("alice", 2), await users.acquire("alice", 2)]
     assert all(lease is not None for lease in leases)
-    assert users.acquire("alice", 2) is None
-    assert users.acquire("bob", 2) is not None
-    assert users.acquire("carol", None) is not None
+    assert await users.acquire("alice", 2) is None
+    assert await users.acquire("bob", 2) is not None
+    assert await users.acquire("carol", None) is not None
     lease = leases[0]
     assert lease is not None
     with lease:
         pass
     lease.release()  # idempotent
     assert users.count("alice") == 1
-    assert users.acquire("alice", 2) is not None
+    assert await users.acquire("alice", 2) is not None
 
 
 def test_the_bucket_allows_its_burst_then_charges_debt_by_the_rate() -> None:
