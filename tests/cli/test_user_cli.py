@@ -200,6 +200,9 @@ async def test_user_disable_and_enable_take_effect_on_the_running_proxy(
 
     result = await cli("user", "enable", BOB, "--database-url", database_url)
     assert (result.exit_code, result.stdout) == (0, f"user {BOB} enabled\n")
+    # The proxy cached bob's disabled account at the refused login: the change reaches it
+    # through the store's change feed.
+    assert await proxy.caught_up() < 2.0
     assert await can_log_in(proxy.port, BOB, BOB_PASSWORD)
 
 
