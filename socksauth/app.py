@@ -32,6 +32,7 @@ from socksauth.store.database import (
     database_errors,
     default_audit_spill_path,
     default_sqlite_url,
+    parse_url,
     redact_url,
 )
 from socksauth.store.interfaces import AuditReader, RuleStore, UserStore
@@ -188,6 +189,16 @@ async def serve(
 def default_database_url() -> str:
     """The embedded SQLite store's URL (its directory is created)."""
     return default_sqlite_url()
+
+
+def check_database_url(url: str) -> None:
+    """ConfigError unless ``url`` names a database driver we support (no connection made)."""
+    parse_url(url)
+
+
+def redacted_database_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, safe to print."""
+    return redact_url(url)
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
