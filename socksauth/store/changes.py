@@ -61,6 +61,9 @@ class SqlChangeFeed:
             # Straight on asyncpg, outside any SQLAlchemy transaction: LISTEN takes effect at
             # once, and notifications arrive while the connection sits idle.
             await driver.add_listener(CHANNEL, self._notified)
+            # A lost connection may have swallowed a notification: report it as a possible
+            # change, so the caller re-reads the counter and listens anew at once.
+            driver.add_termination_listener(self._terminated)
         except BaseException:
             await conn.close()
             raise
@@ -72,12 +75,19 @@ class SqlChangeFeed:
         if self._on_change is not None:
             self._on_change()
 
+    def _terminated(self, connection: object) -> None:
+        if self._on_change is not None:
+            log.warning("the connection listening for changes was lost; listening anew")
+            self._on_change()
+
     async def close(self) -> None:
         await self._close_listening()
 
     async def _close_listening(self) -> None:
         conn, driver = self._listening, self._driver_connection
         self._listening = self._driver_connection = None
+        if driver is not None:
+            driver.remove_termination_listener(self._terminated)
         if driver is not None and not driver.is_closed():
             with contextlib.suppress(Exception):
                 await driver.remove_listener(CHANNEL, self._notified)

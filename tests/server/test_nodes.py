@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
+
 from e2e import (
     ALICE,
     ALICE_PASSWORD,
@@ -24,6 +26,7 @@ from e2e import (
     read_until_closed,
     request,
 )
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from socksauth.auth import accounts
@@ -126,3 +129,27 @@ async def test_a_refused_over_limit_connection_is_closed_after_the_reply(
             other_writer.write(request(echo_server.host, echo_server.port))
             assert (await read_reply(other_reader)).reply == 0x02
             assert await read_until_closed(other_reader) == b""
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_a_lost_listen_connection_is_replaced_at_once_not_at_the_next_poll(
+    start_proxy: ProxyFactory, user_store: SqlUserStore, engine: AsyncEngine
+) -> None:
+    # Polling so slow that only NOTIFY can bring the change within the test's 2 s.
+    async with start_proxy(change_poll_seconds=60.0) as proxy:
+        assert await login_status(proxy.port, ALICE_PASSWORD) == 0
+        async with engine.connect() as conn:
+            killed = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                )
+            )
+        assert killed == 1
+        # The proxy notices the loss and listens anew; then a change arrives by NOTIFY.
+        await asyncio.sleep(0.5)
+        await accounts.change_password(user_store, ALICE, "after-the-reconnect-01")
+        assert await proxy.caught_up(timeout=2.0) < 2.0
+        assert await login_status(proxy.port, ALICE_PASSWORD) != 0
