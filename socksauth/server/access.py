@@ -115,6 +115,17 @@ class Access:
         self._revision: int | None = None
         self._own_endpoints: tuple[tuple[str, int], ...] = ()
 
+    def use_settings(self, settings: Settings) -> None:
+        """Apply reloaded settings: admission caps (the clients already counted stay
+        counted) and the private-network default of the policy."""
+        self.settings = settings
+        self.connections.caps = ConnectionCaps(
+            max_connections=settings.max_connections,
+            max_unauthenticated=settings.max_unauthenticated,
+            max_unauthenticated_per_address=settings.max_unauthenticated_per_address,
+        )
+        self._use_rules(self.policy.rules)
+
     def set_own_endpoints(self, endpoints: Sequence[tuple[str, int]]) -> None:
         """The listen addresses actually bound: targets the proxy must not loop back to."""
         self._own_endpoints = tuple(endpoints)
@@ -202,13 +213,17 @@ async def watch(
     changed = asyncio.Event()
     feed = access.changes
     next_full_check = None if interval_seconds is None else loop.time() + interval_seconds
-    listening = False
+    listen_failed = False
     while True:
-        if feed is not None and not listening:
+        if feed is not None:
+            # Cheap while the subscription is alive; after a lost connection, subscribes anew.
             try:
-                listening = await feed.listen(changed.set)
+                await feed.listen(changed.set)
+                listen_failed = False
             except Exception:
-                log.exception("could not listen for changes; polling")
+                if not listen_failed:
+                    log.exception("could not listen for changes; polling meanwhile")
+                listen_failed = True
         deadlines = [loop.time() + poll_seconds] if feed is not None else []
         if next_full_check is not None:
             deadlines.append(next_full_check)
@@ -231,9 +246,8 @@ async def watch(
             stored = await access.current_users(user.username for user, _ in connections)
         except Exception:
             # The database is away: keep the rules and connections as they are, say so once
-            # a round, and try again (and listen anew: the connection may be what was lost).
+            # a round, and try again.
             log.exception("could not re-read rules and accounts")
-            listening = False
             continue
         now = clock()
         for user, end in connections:

@@ -9,7 +9,6 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-
 from e2e import (
     ALICE,
     ALICE_PASSWORD,
