@@ -6,6 +6,7 @@ import click
 
 from socksauth import __version__
 from socksauth.cli.audit import audit, stats
+from socksauth.cli.config import config
 from socksauth.cli.db import db
 from socksauth.cli.rules import rule
 from socksauth.cli.serve import quickstart, serve
@@ -25,3 +26,4 @@ main.add_command(db)
 main.add_command(rule)
 main.add_command(audit)
 main.add_command(stats)
+main.add_command(config)
