@@ -12,7 +12,7 @@ from socksauth import app
 from socksauth.auth import accounts, passwords
 from socksauth.cli.options import database_url_option, resolve_database_url, run_command
 from socksauth.errors import ConfigError
-from socksauth.server.limits import parse_rate
+from socksauth.server.limits import format_rate, parse_rate
 from socksauth.store.interfaces import UserRecord, UserStore
 
 
@@ -91,8 +91,8 @@ def passwd(username: str, password_stdin: bool, generate: bool, database_url: st
 @user.command(name="list")
 @database_url_option
 def list_(database_url: str | None) -> None:
-    """List accounts: name, enabled, created, last login."""
-    rows: list[tuple[str, str, str, str]] = []
+    """List accounts: name, enabled, created, last login, and their limits ("-": none)."""
+    rows: list[tuple[str, ...]] = []
 
     async def action(store: UserStore) -> None:
         for record in await accounts.list_users(store):
@@ -100,20 +100,27 @@ def list_(database_url: str | None) -> None:
                 (
                     record.username,
                     "yes" if record.enabled else "no",
-                    record.created_at.strftime("%Y-%m-%d %H:%M:%SZ"),
-                    record.last_login_at.strftime("%Y-%m-%d %H:%M:%SZ")
-                    if record.last_login_at
-                    else "never",
+                    _when(record.created_at),
+                    _when(record.last_login_at) if record.last_login_at else "never",
+                    "-" if record.max_connections is None else str(record.max_connections),
+                    "-"
+                    if record.max_bandwidth_bytes_per_second is None
+                    else format_rate(record.max_bandwidth_bytes_per_second),
+                    _when(record.expires_at) if record.expires_at else "-",
                 )
             )
 
     run_command(_with_store(database_url, action))
-    header = ("USER", "ENABLED", "CREATED", "LAST LOGIN")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    header = ("USER", "ENABLED", "CREATED", "LAST LOGIN", "MAX CONN", "MAX BANDWIDTH", "EXPIRES")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 @user.command()

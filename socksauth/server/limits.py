@@ -272,3 +272,12 @@ def parse_rate(text: str) -> int:
     if rate < 1:
         raise ConfigError(f"bandwidth {text!r}: must be at least 1 byte per second")
     return rate
+
+
+def format_rate(bytes_per_second: int) -> str:
+    """The shortest exact form that parse_rate reads back: ``10MiB/s``, ``500kB/s``, ``999B/s``."""
+    for unit, size in (("GiB", 1024**3), ("GB", 1000**3), ("MiB", 1024**2), ("MB", 1000**2),
+                       ("KiB", 1024), ("kB", 1000)):  # fmt: skip
+        if bytes_per_second >= size and bytes_per_second % size == 0:
+            return f"{bytes_per_second // size}{unit}/s"
+    return f"{bytes_per_second}B/s"

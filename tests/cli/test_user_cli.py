@@ -135,12 +135,28 @@ async def test_user_list_shows_columns_and_never_before_a_login(
     result = await cli("user", "list", "--database-url", database_url)
     assert result.exit_code == 0, result.output
     rows = table(result.stdout)
-    assert rows[0] == ["USER", "ENABLED", "CREATED", "LAST LOGIN"]
+    assert rows[0] == [
+        "USER", "ENABLED", "CREATED", "LAST LOGIN", "MAX CONN", "MAX BANDWIDTH", "EXPIRES"
+    ]  # fmt: skip
     assert [row[0] for row in rows[1:]] == [ALICE, BOB]
     for row in rows[1:]:
         assert row[1] == "yes"
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", row[2]), row
-        assert row[3] == "never"
+        assert row[3:] == ["never", "-", "-", "-"]
+
+
+async def test_user_list_shows_the_limits_set_with_user_set(
+    database_url: str, user_store: SqlUserStore
+) -> None:
+    result = await cli(
+        "user", "set", ALICE, "--max-connections", "5", "--max-bandwidth", "10MiB/s",
+        "--expires", "2027-01-31", "--database-url", database_url,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = {row[0]: row for row in table((await cli("user", "list", "--database-url",
+                                                    database_url)).stdout)}  # fmt: skip
+    assert rows[ALICE][4:] == ["5", "10MiB/s", "2027-01-31 00:00:00Z"]
+    assert rows[BOB][4:] == ["-", "-", "-"]
 
 
 async def test_user_list_shows_the_last_login_after_a_proxied_login(

@@ -11,6 +11,8 @@ from socksauth.server.limits import (
     Refusal,
     TokenBucket,
     UserConnections,
+    format_rate,
+    parse_rate,
 )
 
 
@@ -121,3 +123,12 @@ def test_the_default_burst_is_one_second_of_rate() -> None:
 def test_a_rate_must_be_positive(rate: float) -> None:
     with pytest.raises(ConfigError, match="bandwidth"):
         TokenBucket(rate)
+
+
+@pytest.mark.parametrize(
+    ("rate", "text"),
+    [(10 * 1024**2, "10MiB/s"), (500_000, "500kB/s"), (999, "999B/s"), (3 * 1000**3, "3GB/s")],
+)
+def test_a_rate_is_shown_in_the_form_it_is_read_back(rate: int, text: str) -> None:
+    assert format_rate(rate) == text
+    assert parse_rate(format_rate(rate)) == rate
