@@ -273,7 +273,8 @@ OPTIONS: tuple[Option, ...] = (
            "PostgreSQL notifications do not arrive)."),
     Option(name="password-verify-threads", field="password_verify_threads",
            kind=Integer(minimum=1), metavar="N",
-           help="Threads verifying passwords at once (Argon2: one core each)."),
+           help="Threads verifying passwords at once (Argon2: one core each). [default: number "
+           "of CPU cores]"),
     Option(name="relay-buffer-bytes", field="relay_buffer_bytes", kind=Integer(minimum=4096),
            metavar="BYTES", help="Read buffer per direction of a tunnel."),
     Option(name="shutdown-grace", field="shutdown_grace_seconds", kind=Number(),

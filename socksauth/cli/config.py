@@ -19,6 +19,7 @@ from socksauth.settings_source import (
     Option,
     SettingsSource,
     Switch,
+    default_value,
     render,
     settings_source,
 )
@@ -28,8 +29,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONFIG_KEY = "config"
 
 
+def _shown_default(option: Option) -> str:
+    """`` [default: ...]`` for --help, from Settings' own default, unless the help says it."""
+    if "[default:" in option.help:
+        return ""
+    value = option.kind.to_toml(default_value(option))
+    if value is None or value == []:
+        text = "none"
+    elif isinstance(value, bool):
+        text = "on" if value else "off"
+    elif isinstance(value, list):
+        text = " ".join(value)
+    else:
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+    return f" [default: {text}]"
+
+
 def _click_option(option: Option) -> Callable[[F], F]:
-    help_text = f"{option.help} [env: {option.variable}]"
+    help_text = f"{option.help}{_shown_default(option)} [env: {option.variable}]"
     if isinstance(option.kind, Switch):
         return click.option(
             f"{option.flag}/--no-{option.name}", option.key, default=None, help=help_text
