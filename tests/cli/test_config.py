@@ -218,8 +218,7 @@ async def test_serve_with_a_config_file_listens_where_it_says_and_logs_json(
     port = free_port()
     config = write(
         tmp_path / "socksauth.toml",
-        f'listen = ["127.0.0.1:{port}"]\ndatabase_url = "{database_url}"\n'
-        'log_format = "json"\n',
+        f'listen = ["127.0.0.1:{port}"]\ndatabase_url = "{database_url}"\nlog_format = "json"\n',
     )
     process = await asyncio.create_subprocess_exec(
         SOCKSAUTH, "serve", "--config", config,
