@@ -11,6 +11,7 @@ import click
 
 from socksauth import app
 from socksauth.errors import ConfigError, DatabaseError, SchemaOutOfDate, UserError
+from socksauth.settings_source import settings_source
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -23,12 +24,20 @@ def database_url_option(function: F) -> F:
         show_envvar=True,
         metavar="URL",
         help="sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB "
-        "[default: $XDG_DATA_HOME/socksauth/socksauth.sqlite3]",
+        "[default: database_url in $SOCKSAUTH_CONFIG or /etc/socksauth/socksauth.toml, "
+        "else $XDG_DATA_HOME/socksauth/socksauth.sqlite3]",
     )(function)
 
 
 def resolve_database_url(url: str | None) -> str:
-    return url or app.default_database_url()
+    """``url`` (flag or SOCKSAUTH_DATABASE_URL), else the config file's, else the embedded
+    store: the same database `serve` uses, so accounts are added where the server looks."""
+    if url:
+        return url
+    with reported_errors():
+        configured = settings_source(None, {}, app.default_database_url).values()
+    configured_url: str | None = configured["database_url"].value
+    return configured_url or app.default_database_url()
 
 
 @contextlib.contextmanager

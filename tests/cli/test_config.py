@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from cli_runner import SOCKSAUTH, SUBPROCESS_SECONDS, one_error_line, subprocess_environment
 from click.testing import CliRunner, Result
-from e2e import EchoServer, allow_loopback_targets, assert_serves_a_good_client
+from e2e import ALICE, EchoServer, allow_loopback_targets, assert_serves_a_good_client
 
 from socksauth.cli import main
 from socksauth.settings_source import CONFIG_PATH_VARIABLE, OPTIONS
@@ -247,3 +247,14 @@ async def test_serve_with_a_config_file_listens_where_it_says_and_logs_json(
     assert {"ts", "level", "logger", "message"} <= set(lines[0])
     assert all(line["ts"].endswith("+00:00") for line in lines)
     assert any("user=" in line["message"] for line in lines)  # the tunnel's audit line
+
+
+def test_account_commands_use_the_config_files_database(
+    tmp_path: Path, database_url: str, user_store: SqlUserStore
+) -> None:
+    config = write(tmp_path / "socksauth.toml", f'database_url = "{database_url}"\n')
+    clean: dict[str, str | None] = {option.variable: None for option in OPTIONS}
+    runner = CliRunner(env=clean | {CONFIG_PATH_VARIABLE: config})
+    result = runner.invoke(main, ["user", "list"])
+    assert result.exit_code == 0, result.output
+    assert ALICE in result.stdout
