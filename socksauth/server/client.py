@@ -232,10 +232,24 @@ class ClientConnection:
         self.relay: Relay | None = None
         self.association: UdpAssociation | None = None
         self.record: ConnectionRecord | None = None
+        # True until the request's (first) reply is sent or the client is gone: what a
+        # graceful shutdown lets finish before the grace period for tunnels starts.
+        self.in_handshake = True
+        # Made only when a shutdown waits for this handshake: none per client otherwise.
+        self._handshake_over: asyncio.Future[None] | None = None
 
-    @property
-    def in_handshake(self) -> bool:
-        return self.relay is None and self.association is None
+    def handshake_over(self) -> asyncio.Future[None]:
+        """Done once the handshake has ended (reply sent, or the client gone)."""
+        if self._handshake_over is None:
+            self._handshake_over = asyncio.get_running_loop().create_future()
+            if not self.in_handshake:
+                self._handshake_over.set_result(None)
+        return self._handshake_over
+
+    def _end_handshake(self) -> None:
+        self.in_handshake = False
+        if self._handshake_over is not None and not self._handshake_over.done():
+            self._handshake_over.set_result(None)
 
     async def run(self) -> ConnectionRecord:
         # The task starts in the protocol factory, before asyncio calls connection_made.
@@ -277,6 +291,7 @@ class ClientConnection:
             record.outcome = Outcome.ERROR
             log.exception("%s: unexpected error", record.client)
         finally:
+            self._end_handshake()
             if not transport.is_closing():
                 transport.close()
             if self._slot is not None:
@@ -388,6 +403,7 @@ class ClientConnection:
     ) -> None:
         record.reply = reply
         transport.write(self._conn.send(CommandReply(reply, bound or Address.unspecified())))
+        self._end_handshake()
         if reply is Reply.SUCCEEDED:
             # The tunnel (association, binding) exists from here: so does its audit row.
             self._observer.opened(record)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from socksauth.auth.authenticator import Authenticator
 from socksauth.config import ListenAddress, Settings
+from socksauth.errors import ConfigError
 from socksauth.logs import get_logger
 from socksauth.server.access import Access, watch
 from socksauth.server.client import ClientConnection, ConnectionObserver
@@ -61,6 +65,15 @@ def bind_listeners(settings: Settings, copies: int) -> list[list[socket.socket]]
     return sets
 
 
+@dataclass(slots=True)
+class _Listener:
+    """One configured listen address and the servers that accept on it (one per address
+    family); ``address`` is replaced when a reload changes its client networks."""
+
+    address: ListenAddress | None  # None: a pre-bound socket no configured address names
+    servers: list[asyncio.Server] = field(default_factory=list)
+
+
 class ProxyServer:
     """Accepts clients on every listen address and runs one ClientConnection task per client."""
 
@@ -82,51 +95,143 @@ class ProxyServer:
         self._authenticator = authenticator
         self._observer = observer
         self._dialer = Dialer(settings.connect_timeout_seconds)
-        self._servers: list[asyncio.Server] = []
+        # By configured (host, port): a reload keeps, adds and closes listeners by this key.
+        self._listeners: dict[tuple[str, int], _Listener] = {}
+        # Closed by a reload; awaited at stop.
+        self._retired: list[asyncio.Server] = []
         self._clients: dict[asyncio.Task[object], ClientConnection] = {}
         self.bound: list[ListenAddress] = []
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (replaced by a reload)."""
+        return self._settings
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self._listen_sockets:
             for sock in self._listen_sockets:
-                accept = functools.partial(self._accept, self._listener_of(sock))
-                self._servers.append(await loop.create_server(accept, sock=sock))
+                address = self._listener_of(sock)
+                key = (address.host, address.port) if address else sock.getsockname()[:2]
+                listener = self._listeners.setdefault(key, _Listener(address))
+                accept = functools.partial(self._accept, listener)
+                listener.servers.append(await loop.create_server(accept, sock=sock))
         else:
             for address in self._settings.listen:
-                self._servers.append(
+                key = (address.host, address.port)
+                self._listeners[key] = await self._open(address, self._settings)
+        # Workers serve sockets their supervisor bound and already announced.
+        self._update_bound(logging.DEBUG if self._listen_sockets else logging.INFO)
+        if self._access is not None:
+            self._start_watch()
+
+    async def _open(self, address: ListenAddress, settings: Settings) -> _Listener:
+        """Listen on ``address``: a worker binds it with SO_REUSEPORT, as its siblings do."""
+        loop = asyncio.get_running_loop()
+        listener = _Listener(address)
+        accept = functools.partial(self._accept, listener)
+        try:
+            if self._listen_sockets:
+                one = dataclasses.replace(settings, listen=(address,))
+                for sock in bind_listeners(one, 1)[0]:
+                    listener.servers.append(await loop.create_server(accept, sock=sock))
+            else:
+                listener.servers.append(
                     await loop.create_server(
-                        functools.partial(self._accept, address),
+                        accept,
                         host=address.host,
                         port=address.port,
                         reuse_address=True,
                         backlog=LISTEN_BACKLOG,
                     )
                 )
-        for server in self._servers:
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                bound = ListenAddress(host=host, port=port)
-                self.bound.append(bound)
-                # Workers serve sockets their supervisor bound and already announced.
-                log.log(
-                    logging.DEBUG if self._listen_sockets else logging.INFO,
-                    "listening on %s",
-                    bound,
-                )
+        except BaseException:
+            for server in listener.servers:
+                server.close()
+            raise
+        return listener
+
+    def _update_bound(self, level: int) -> None:
+        """``bound`` from the listeners; logs each address not listed before."""
+        before = set(self.bound)
+        self.bound = []
+        for listener in self._listeners.values():
+            for server in listener.servers:
+                for sock in server.sockets:
+                    host, port = sock.getsockname()[:2]
+                    bound = ListenAddress(host=host, port=port)
+                    self.bound.append(bound)
+                    if bound not in before:
+                        log.log(level, "listening on %s", bound)
         if self._access is not None:
             self._access.set_own_endpoints([(b.host, b.port) for b in self.bound])
-            # Always watched, also without periodic account checks: the cached accounts must
-            # be dropped when the store reports a change.
-            self._watch = loop.create_task(
-                watch(
-                    self._access,
-                    self._live_users,
-                    self._settings.account_check_seconds,
-                    poll_seconds=self._settings.change_poll_seconds,
-                ),
-                name="account-watch",
-            )
+
+    def _start_watch(self) -> None:
+        assert self._access is not None
+        # Always watched, also without periodic account checks: the cached accounts must
+        # be dropped when the store reports a change.
+        self._watch = asyncio.get_running_loop().create_task(
+            watch(
+                self._access,
+                self._live_users,
+                self._settings.account_check_seconds,
+                poll_seconds=self._settings.change_poll_seconds,
+            ),
+            name="account-watch",
+        )
+
+    async def _stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+
+    async def reload(self, settings: Settings) -> None:
+        """Serve with ``settings`` from now on; established clients keep theirs.
+
+        Listeners: new addresses are bound, removed ones closed (their clients stay), kept
+        ones keep their sockets (a changed client network list applies at the next accept).
+        New clients get the new timeouts, limits and policy; the caps count the clients
+        already connected.
+
+        Raises:
+            ConfigError, OSError: a new address cannot be listened on; nothing was changed.
+        """
+        wanted = {(address.host, address.port): address for address in settings.listen}
+        added = [address for key, address in wanted.items() if key not in self._listeners]
+        for address in added:
+            if self._listen_sockets and address.port == 0:
+                # Each worker would get a port of its own.
+                raise ConfigError(f"listen {address}: a new address needs a fixed port")
+        opened: dict[tuple[str, int], _Listener] = {}
+        try:
+            for address in added:
+                opened[(address.host, address.port)] = await self._open(address, settings)
+        except BaseException:
+            for listener in opened.values():
+                for server in listener.servers:
+                    server.close()
+            raise
+        for key, listener in list(self._listeners.items()):
+            if key in wanted:
+                listener.address = wanted[key]
+            elif listener.address is not None:
+                for server in listener.servers:
+                    server.close()
+                    self._retired.append(server)
+                del self._listeners[key]
+                log.info("stopped listening on %s", listener.address)
+        self._listeners.update(opened)
+        previous, self._settings = self._settings, settings
+        self._dialer = Dialer(settings.connect_timeout_seconds)
+        self._update_bound(logging.INFO)
+        if self._access is not None:
+            self._access.use_settings(settings)
+            intervals = ("account_check_seconds", "change_poll_seconds")
+            if any(getattr(previous, n) != getattr(settings, n) for n in intervals):
+                await self._stop_watch()
+                self._start_watch()
 
     def _listener_of(self, sock: socket.socket) -> ListenAddress | None:
         """The listen address a pre-bound socket serves (for its client networks)."""
@@ -143,14 +248,14 @@ class ProxyServer:
             if client.user is not None
         ]
 
-    def _accept(self, listener: ListenAddress | None) -> asyncio.BaseProtocol:
+    def _accept(self, listener: _Listener) -> asyncio.BaseProtocol:
         client = ClientConnection(
             self._settings,
             self._authenticator,
             self._dialer,
             self._observer,
             self._access,
-            listener,
+            listener.address,
         )
         task = asyncio.get_running_loop().create_task(client.run())
         self._clients[task] = client
@@ -171,23 +276,59 @@ class ProxyServer:
     def active_clients(self) -> int:
         return len(self._clients)
 
-    async def stop(self, grace_seconds: float = 0.0) -> None:
-        """Stop accepting; give tunnels ``grace_seconds`` to finish; cancel the rest."""
-        for server in self._servers:
+    @property
+    def in_handshake(self) -> int:
+        """Clients that have not had the reply to their request yet."""
+        return sum(1 for client in self._clients.values() if client.in_handshake)
+
+    async def stop(
+        self,
+        grace_seconds: float = 0.0,
+        *,
+        finish_handshakes: bool = False,
+        hurry: asyncio.Event | None = None,
+    ) -> None:
+        """Stop accepting; with ``finish_handshakes``, let clients in the handshake finish it
+        (each within its handshake and connect timeouts); give tunnels, associations and
+        bindings ``grace_seconds`` to end on their own; close the rest (outcome shutdown).
+
+        ``hurry``, once set, ends the waiting: everything still open is closed at once.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        servers = [server for listener in self._listeners.values() for server in listener.servers]
+        for server in servers:
             server.close()
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-        if self._clients and grace_seconds > 0:
-            await asyncio.wait(list(self._clients), timeout=grace_seconds)
+        await self._stop_watch()
+        if self._clients and finish_handshakes:
+            waiting = [c.handshake_over() for c in self._clients.values() if c.in_handshake]
+            if waiting:
+                log.info("stopping: %d client(s) in the handshake may finish it", len(waiting))
+                limit = self._settings.handshake_timeout_seconds
+                await _wait_for(waiting, limit + self._settings.connect_timeout_seconds, hurry)
+        if self._clients and grace_seconds > 0 and not (hurry is not None and hurry.is_set()):
+            log.info(
+                "stopping: %d connection(s) open; they have %.1f s to end",
+                len(self._clients),
+                grace_seconds,
+            )
+            await _wait_for(list(self._clients), grace_seconds, hurry)
+        left = len(self._clients)
+        if left:
+            log.info("stopping: closing %d connection(s) still open", left)
         for task in list(self._clients):
             task.cancel()
         if self._clients:
             await asyncio.gather(*self._clients, return_exceptions=True)
         # Only now: since Python 3.12 wait_closed() also waits for every accepted connection.
-        for server in self._servers:
+        for server in [*servers, *self._retired]:
             await server.wait_closed()
+        if finish_handshakes:
+            log.info(
+                "stopped in %.2f s; %d connection(s) closed by the shutdown",
+                loop.time() - started,
+                left,
+            )
 
     async def __aenter__(self) -> ProxyServer:
         await self.start()
@@ -200,3 +341,20 @@ class ProxyServer:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+async def _wait_for(
+    waiters: Collection[asyncio.Future[Any]], seconds: float, hurry: asyncio.Event | None
+) -> None:
+    """Until every one of ``waiters`` is done, ``seconds`` have passed, or ``hurry`` is set.
+    The waiters themselves are neither cancelled nor awaited."""
+    everything = asyncio.ensure_future(asyncio.wait(waiters))
+    watchers: list[asyncio.Future[Any]] = [everything]
+    if hurry is not None:
+        watchers.append(asyncio.ensure_future(hurry.wait()))
+    try:
+        await asyncio.wait(watchers, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
