@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -15,10 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from socksauth import logs
 from socksauth.audit import AuditLog
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
 from socksauth.auth.user_cache import UserCache
 from socksauth.config import ListenAddress, Settings
+from socksauth.errors import ConfigError
 from socksauth.logs import get_logger
 from socksauth.server.access import Access
 from socksauth.server.audit import AuditObserver
@@ -143,47 +146,133 @@ async def running_server(
         yield server
 
 
+# Built once at start (the engine, the audit's node and spill file, the verification threads,
+# the admin listener): a reload that changes them is told they need a restart.
+RESTART_ONLY_SETTINGS = (
+    "database_url",
+    "node_name",
+    "audit_spill_path",
+    "password_verify_threads",
+    "admin_listen",
+    "metrics_per_user",
+)
+
+
+def reloadable(current: Settings, new: Settings) -> Settings:
+    """``new``, with the settings a running process cannot change kept as in ``current``
+    (each change logged, by name only: a database URL may hold a password)."""
+    kept = {}
+    for name in RESTART_ONLY_SETTINGS:
+        if getattr(new, name) != getattr(current, name):
+            log.warning("reload: %s changed; it applies after a restart", name)
+            kept[name] = getattr(current, name)
+    return dataclasses.replace(new, **kept) if kept else new
+
+
+async def reload_server(
+    server: ProxyServer, reload_settings: Callable[[], Settings] | None
+) -> bool:
+    """SIGHUP: read the settings again and apply them to ``server`` without touching its
+    established clients, and re-read the rules. False (and logged) when the new settings
+    are invalid or cannot be applied: the ones in force stay."""
+    if reload_settings is not None:
+        try:
+            new = reloadable(server.settings, reload_settings())
+            await server.reload(new)
+        except (ConfigError, OSError) as error:
+            log.error("reload failed, the settings in force stay: %s", error)
+            return False
+        logs.configure(new.log_level, new.log_format)
+    if server.access is not None:
+        try:
+            await server.access.load_rules()
+        except Exception:
+            log.exception("reload: could not re-read the rules; the rules in force stay")
+    log.info("reloaded")
+    return True
+
+
 async def serve(
     settings: Settings,
     on_ready: Callable[[ProxyServer], Awaitable[None] | None] | None = None,
     shutdown_trigger: asyncio.Event | None = None,
     listen_sockets: Sequence[socket.socket] = (),
     signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGTERM),
+    reload_settings: Callable[[], Settings] | None = None,
+    *,
+    repeat_hurries: bool = True,
 ) -> None:
-    """Run until one of ``signals`` (or ``shutdown_trigger``); a second SIGINT forces exit.
+    """Run until one of ``signals`` (or ``shutdown_trigger``), then shut down gracefully:
+    stop accepting, let handshakes finish, give connections ``shutdown_grace_seconds``,
+    close the rest, flush the audit.
 
-    A second SIGTERM is ignored: service managers signal every process of the service, so
-    a worker may get the supervisor's forwarded SIGTERM and the manager's own.
+    A repeated signal (with ``repeat_hurries``) or SIGQUIT hurries the shutdown: no more
+    waiting, every connection is closed now, the audit is still flushed. One more signal
+    after that exits at once (code 128 + signal number). Workers pass ``repeat_hurries=False``:
+    a service manager signals every process of the service, so a worker may get the
+    manager's SIGTERM and its supervisor's; the supervisor sends SIGQUIT to hurry.
+
+    SIGHUP calls ``reload_settings`` and applies the result (``reload_server``).
     """
     stop = shutdown_trigger or asyncio.Event()
+    hurry = asyncio.Event()
+    reload_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
-        if not stop.is_set():
-            log.info("%s: shutting down", name)
+        if not stop.is_set() and signum != signal.SIGQUIT:
+            log.info("%s: shutting down gracefully", name)
             stop.set()
-        elif signum == signal.SIGINT:
-            log.warning("second SIGINT: exiting now, without a graceful shutdown")
+        elif not hurry.is_set() and (repeat_hurries or signum == signal.SIGQUIT):
+            log.warning("%s: closing every connection now, without waiting", name)
+            stop.set()
+            hurry.set()
+        elif hurry.is_set():
+            log.warning("%s: exiting now", name)
             logging.shutdown()
-            os._exit(130)
+            os._exit(128 + signum)
         else:
             log.info("%s: already shutting down", name)
 
+    handled = [*signals, signal.SIGQUIT] if shutdown_trigger is None else []
+    for signum in handled:
+        loop.add_signal_handler(signum, on_signal, signum)
     if shutdown_trigger is None:
-        for signum in signals:
-            loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+        handled.append(signal.SIGHUP)
     try:
         async with running_server(settings, listen_sockets) as server:
             if on_ready is not None:
                 result = on_ready(server)
                 if result is not None:
                     await result
-            await stop.wait()
+            reloader = loop.create_task(
+                _reload_on_request(server, reload_settings, reload_requested), name="reload"
+            )
+            try:
+                await stop.wait()
+            finally:
+                reloader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reloader
+            await server.stop(
+                server.settings.shutdown_grace_seconds, finish_handshakes=True, hurry=hurry
+            )
     finally:
-        if shutdown_trigger is None:
-            for signum in signals:
-                loop.remove_signal_handler(signum)
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
+async def _reload_on_request(
+    server: ProxyServer,
+    reload_settings: Callable[[], Settings] | None,
+    requested: asyncio.Event,
+) -> None:
+    while True:
+        await requested.wait()
+        requested.clear()
+        await reload_server(server, reload_settings)
 
 
 def default_database_url() -> str:
@@ -215,13 +304,20 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 WORKER_MIN_UPTIME_SECONDS = 5.0
 
 
-def serve_workers(settings: Settings, workers: int) -> int:
+def serve_workers(
+    settings: Settings, workers: int, reload_settings: Callable[[], Settings] | None = None
+) -> int:
     """Run ``workers`` processes that share the listening ports (SO_REUSEPORT); supervise them.
 
     The parent binds every socket once (so port 0 means the same port for all), forks the
-    workers, forwards SIGINT/SIGTERM to them, restarts one that dies unexpectedly, and returns
-    the exit code once all have exited. Each worker has its own event loop, database pool and
-    audit node name (``NODE/wN``), so crash recovery of one never touches another's rows.
+    workers, restarts one that dies unexpectedly, and returns the exit code once all have
+    exited. Each worker has its own event loop, database pool and audit node name
+    (``NODE/wN``), so crash recovery of one never touches another's rows.
+
+    Signals to the parent: SIGTERM/SIGINT → SIGTERM to every worker (graceful shutdown); the
+    second → SIGQUIT (close everything now); the third → SIGKILL. SIGQUIT → SIGQUIT. SIGHUP:
+    the parent checks ``reload_settings()`` and, when valid, forwards SIGHUP; each worker
+    reloads itself and binds new listen addresses with SO_REUSEPORT.
     """
     run(_check_database(settings.database_url))
     socket_sets = bind_listeners(settings, workers)
@@ -235,6 +331,9 @@ def serve_workers(settings: Settings, workers: int) -> int:
     rebind_settings = dataclasses.replace(settings, listen=bound)
     children: dict[int, tuple[int, float]] = {}  # pid → (worker index, start time)
     stopping = False
+    stop_signals = 0
+    # A worker started after a reload reloads at once: it was forked with the first settings.
+    reloaded = False
     exit_code = 0
 
     def start(index: int) -> None:
@@ -243,9 +342,13 @@ def serve_workers(settings: Settings, workers: int) -> int:
             code = 1
             try:
                 # Ctrl-C reaches the whole process group; the supervisor decides what it
-                # means for the workers (SIGTERM, or SIGKILL the second time).
+                # means for the workers (SIGTERM, SIGQUIT the second time, then SIGKILL).
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                # Until the worker's loop handles them: a reload or a hurry sent while it
+                # starts must not kill it (their default action).
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                signal.signal(signal.SIGQUIT, signal.SIG_IGN)
                 for other, sockets in enumerate(socket_sets):
                     if other != index:
                         for sock in sockets:
@@ -253,11 +356,22 @@ def serve_workers(settings: Settings, workers: int) -> int:
                 worker_settings = dataclasses.replace(
                     settings, node_name=f"{settings.node_name}/w{index}"
                 )
+                worker_reload = None
+                if reload_settings is not None:
+                    worker_reload = functools.partial(_worker_settings, reload_settings, index)
+
+                async def catch_up(server: ProxyServer) -> None:
+                    if reloaded:
+                        await reload_server(server, worker_reload)
+
                 run(
                     serve(
                         worker_settings,
+                        on_ready=catch_up,
                         listen_sockets=socket_sets[index],
                         signals=(signal.SIGTERM,),
+                        reload_settings=worker_reload,
+                        repeat_hurries=False,
                     )
                 )
                 code = 0
@@ -269,18 +383,40 @@ def serve_workers(settings: Settings, workers: int) -> int:
         children[pid] = (index, time.monotonic())
 
     def forward(signum: int, frame: object) -> None:
-        nonlocal stopping
-        if stopping and signum == signal.SIGINT:
-            log.warning("second SIGINT: killing the workers")
-            for pid in children:
-                os.kill(pid, signal.SIGKILL)
-            return
+        nonlocal stopping, stop_signals, exit_code
         stopping = True
+        stop_signals = max(stop_signals + 1, 2 if signum == signal.SIGQUIT else 1)
+        name = signal.Signals(signum).name
+        if stop_signals == 1:
+            to_workers = signal.SIGTERM
+        elif stop_signals == 2:
+            log.warning("%s: the workers close every connection now", name)
+            to_workers = signal.SIGQUIT
+        else:
+            log.warning("%s: killing the workers", name)
+            to_workers = signal.SIGKILL
+            exit_code = 128 + signum
         for pid in children:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, to_workers)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    def reload(signum: int, frame: object) -> None:
+        nonlocal reloaded
+        if stopping:
+            return
+        if reload_settings is not None:
+            try:
+                new = reload_settings()
+            except (ConfigError, OSError) as error:
+                log.error("reload failed, the settings in force stay: %s", error)
+                return
+            logs.configure(new.log_level, new.log_format)
+        reloaded = True
+        for pid in children:
+            os.kill(pid, signal.SIGHUP)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(signum, forward)
+    signal.signal(signal.SIGHUP, reload)
     for index in range(workers):
         start(index)
     for sockets in socket_sets:
@@ -311,6 +447,12 @@ def serve_workers(settings: Settings, workers: int) -> int:
         for sock in socket_sets[index]:
             sock.close()
     return exit_code
+
+
+def _worker_settings(reload_settings: Callable[[], Settings], index: int) -> Settings:
+    """What a worker reloads: the settings read again, with its own audit node name."""
+    new = reload_settings()
+    return dataclasses.replace(new, node_name=f"{new.node_name}/w{index}")
 
 
 async def _check_database(database_url: str) -> None:

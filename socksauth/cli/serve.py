@@ -33,17 +33,13 @@ def serve(**flags: Any) -> None:
         workers = source.workers()
     logs.configure(settings.log_level, settings.log_format)
     if workers == 1:
-        run_command(_serve(settings))
+        run_command(app.serve(settings, reload_settings=source.load))
     else:
         # The supervisor runs no event loop of its own: it forks, and forking a process
         # with a running loop would copy that loop into every worker.
         with reported_errors():
-            code = app.serve_workers(settings, workers)
+            code = app.serve_workers(settings, workers, reload_settings=source.load)
         sys.exit(code)
-
-
-async def _serve(settings: Settings) -> None:
-    await app.serve(settings)
 
 
 @click.command()
