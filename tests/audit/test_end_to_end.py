@@ -241,6 +241,8 @@ async def test_sigterm_during_load_leaves_every_connection_in_the_table(
     # the supervisor forwards.
     process = await asyncio.create_subprocess_exec(
         str(SOCKSAUTH), "serve", "--listen", "127.0.0.1:0", "--database-url", database_url,
+        # The held tunnels get this long to end on their own, then are closed as shutdown.
+        "--shutdown-grace", "1",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE, env=environment,
     )  # fmt: skip
