@@ -9,14 +9,17 @@ import dataclasses
 import functools
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
-from socksauth import logs
+from socksauth import logs, metrics
 from socksauth.audit import AuditLog
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
 from socksauth.auth.user_cache import UserCache
@@ -24,8 +27,11 @@ from socksauth.config import ListenAddress, Settings
 from socksauth.errors import ConfigError
 from socksauth.logs import get_logger
 from socksauth.server.access import Access
+from socksauth.server.admin import AdminListener, Readiness, bind_admin_socket
 from socksauth.server.audit import AuditObserver
+from socksauth.server.client import ConnectionObserver, Observers
 from socksauth.server.listener import ProxyServer, bind_listeners
+from socksauth.server.metrics import AuditSampler, MetricsObserver
 from socksauth.store import migrate
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.changes import SqlChangeFeed
@@ -35,6 +41,7 @@ from socksauth.store.database import (
     database_errors,
     default_audit_spill_path,
     default_sqlite_url,
+    on_database_error,
     parse_url,
     redact_url,
 )
@@ -87,15 +94,25 @@ async def database_revision(database_url: str) -> tuple[str | None, str]:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    settings: Settings, listen_sockets: Sequence[socket.socket] = ()
+    settings: Settings,
+    listen_sockets: Sequence[socket.socket] = (),
+    admin_socket: socket.socket | None = None,
 ) -> AsyncIterator[ProxyServer]:
     """A started ProxyServer and everything it needs; on exit, all closed in reverse.
 
     ``listen_sockets``: sockets a supervisor bound for this worker, instead of settings.listen.
+    ``admin_socket``: the admin listener's socket (a supervisor's, shared by its workers),
+    instead of binding settings.admin_listen.
     """
     async with contextlib.AsyncExitStack() as stack:
         engine = create_engine(settings.database_url)
         stack.push_async_callback(engine.dispose)
+        # Nothing is measured unless someone can read it: no cost per connection when off.
+        measured = None
+        servers: list[ProxyServer] = []  # the one server, once started, for /readyz
+        if admin_socket is not None or settings.admin_listen is not None:
+            measured = metrics.Metrics(per_user=settings.metrics_per_user)
+            on_database_error(engine, measured.database_errors.inc)
         with database_errors():
             await migrate.ensure_current(engine)
         users = SqlUserStore(engine)
@@ -120,7 +137,20 @@ async def running_server(
                 or default_audit_spill_path(settings.database_url, settings.node_name),
             )
         )
-        observer = AuditObserver(audit_log, settings.node_name)
+        observer: ConnectionObserver = AuditObserver(audit_log, settings.node_name)
+        if measured is not None:
+            observer = Observers(observer, MetricsObserver(measured))
+            sampler = AuditSampler(measured, audit_log)
+            needed = migrate.head()
+
+            async def readiness() -> str | None:
+                if not servers or not servers[0].listening:
+                    return "the proxy is not listening"
+                return await migrate.readiness_problem(
+                    engine, needed, READY_DATABASE_TIMEOUT_SECONDS
+                )
+
+            await _enter_admin_listener(stack, settings, admin_socket, measured, sampler, readiness)
         changes = SqlChangeFeed(engine)
         stack.push_async_callback(changes.close)
         with database_errors():
@@ -142,8 +172,46 @@ async def running_server(
         server = await stack.enter_async_context(
             ProxyServer(settings, authenticator, observer, listen_sockets, access)
         )
+        servers.append(server)
         log.info("serving with users from %s", redact_url(settings.database_url))
         yield server
+
+
+# /readyz waits this long for the database before it reports it unreachable.
+READY_DATABASE_TIMEOUT_SECONDS = 2.0
+
+
+async def _enter_admin_listener(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    admin_socket: socket.socket | None,
+    measured: metrics.Metrics,
+    sampler: AuditSampler,
+    readiness: Readiness,
+) -> None:
+    """The admin listener on ``stack``, and the task that samples the audit for it.
+
+    Entered before the proxy's listeners, so it is closed after them: during a graceful
+    shutdown /readyz says 503 (not listening) while the tunnels drain."""
+    sampling = asyncio.get_running_loop().create_task(sampler.run(), name="audit-sampler")
+
+    async def stop_sampling() -> None:
+        sampling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampling
+
+    stack.push_async_callback(stop_sampling)
+    if admin_socket is None:
+        assert settings.admin_listen is not None
+        admin_socket = bind_admin_socket(settings.admin_listen)
+    await stack.enter_async_context(
+        AdminListener(
+            admin_socket,
+            exposition=measured.exposition,
+            readiness=readiness,
+            before_scrape=sampler.sample,
+        )
+    )
 
 
 # Built once at start (the engine, the audit's node and spill file, the verification threads,
@@ -201,6 +269,7 @@ async def serve(
     reload_settings: Callable[[], Settings] | None = None,
     *,
     repeat_hurries: bool = True,
+    admin_socket: socket.socket | None = None,
 ) -> None:
     """Run until one of ``signals`` (or ``shutdown_trigger``), then shut down gracefully:
     stop accepting, let handshakes finish, give connections ``shutdown_grace_seconds``,
@@ -242,7 +311,7 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
         handled.append(signal.SIGHUP)
     try:
-        async with running_server(settings, listen_sockets) as server:
+        async with running_server(settings, listen_sockets, admin_socket) as server:
             if on_ready is not None:
                 result = on_ready(server)
                 if result is not None:
@@ -329,6 +398,14 @@ def serve_workers(
         log.info("listening on %s (%d workers)", address, workers)
     # What a restarted worker binds: the real ports, also where the settings said port 0.
     rebind_settings = dataclasses.replace(settings, listen=bound)
+    # The admin listener: one socket, kept open here so that a restarted worker serves it
+    # too; each worker's metrics go to files in one directory, summed by whichever answers.
+    admin_socket = None
+    metrics_directory = None
+    if settings.admin_listen is not None:
+        admin_socket = bind_admin_socket(settings.admin_listen)
+        metrics_directory = Path(tempfile.mkdtemp(prefix="socksauth-metrics-"))
+        metrics.use_multiprocess_directory(metrics_directory)
     children: dict[int, tuple[int, float]] = {}  # pid → (worker index, start time)
     stopping = False
     stop_signals = 0
@@ -372,6 +449,7 @@ def serve_workers(
                         signals=(signal.SIGTERM,),
                         reload_settings=worker_reload,
                         repeat_hurries=False,
+                        admin_socket=admin_socket,
                     )
                 )
                 code = 0
@@ -429,6 +507,8 @@ def serve_workers(
             break
         index, started = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
+        if metrics_directory is not None:
+            metrics.forget_process(metrics_directory, pid)
         if stopping or code == 0:
             exit_code = exit_code or (code if code > 0 else 0)
             continue
@@ -446,6 +526,10 @@ def serve_workers(
         start(index)
         for sock in socket_sets[index]:
             sock.close()
+    if admin_socket is not None:
+        admin_socket.close()
+    if metrics_directory is not None:
+        shutil.rmtree(metrics_directory, ignore_errors=True)
     return exit_code
 
 

@@ -134,6 +134,23 @@ class NoObserver:
         pass
 
 
+class Observers:
+    """Several observers as one (the audit and the metrics), told in the order given."""
+
+    __slots__ = ("_observers",)
+
+    def __init__(self, *observers: ConnectionObserver) -> None:
+        self._observers = observers
+
+    def opened(self, record: ConnectionRecord) -> None:
+        for observer in self._observers:
+            observer.opened(record)
+
+    def finished(self, record: ConnectionRecord) -> None:
+        for observer in self._observers:
+            observer.finished(record)
+
+
 class _HandshakeProtocol(asyncio.BufferedProtocol):
     """Feeds the client's bytes to the sans-IO core while the handshake runs.
 

@@ -273,6 +273,12 @@ class ProxyServer:
         return self._access
 
     @property
+    def listening(self) -> bool:
+        """Whether every listener accepts clients (False once a stop has begun)."""
+        servers = [server for listener in self._listeners.values() for server in listener.servers]
+        return bool(servers) and all(server.is_serving() for server in servers)
+
+    @property
     def active_clients(self) -> int:
         return len(self._clients)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,16 @@ def database_errors() -> Iterator[None]:
         raise DatabaseError(f"database: {reason}") from None
     except OSError as error:
         raise DatabaseError(f"database: {error.strerror or error}") from None
+
+
+def on_database_error(engine: AsyncEngine, callback: Callable[[], None]) -> None:
+    """Call ``callback`` for every error the database (or connecting to it) raises through
+    ``engine``, wherever it is caught: one hook instead of one count per caller."""
+
+    def handle_error(context: sqlalchemy.engine.ExceptionContext) -> None:
+        callback()
+
+    event.listen(engine.sync_engine, "handle_error", handle_error)
 
 
 @contextlib.asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from alembic import command
@@ -11,7 +12,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from socksauth.errors import SchemaOutOfDate
+from socksauth.errors import DatabaseError, SchemaOutOfDate
+from socksauth.store.database import database_errors
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -87,3 +89,20 @@ async def ensure_current(engine: AsyncEngine) -> None:
         f"database schema is at {found or 'nothing (never migrated)'}, "
         f"this socksauth needs {needed}: run `socksauth db upgrade`"
     )
+
+
+async def readiness_problem(engine: AsyncEngine, needed: str, timeout_seconds: float) -> str | None:
+    """Why the database cannot serve this socksauth now (unreachable, no answer within
+    ``timeout_seconds``, schema not at ``needed``), or None when it can. Reading the schema's
+    revision is the query that proves the database answers."""
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            with database_errors():
+                found = await current(engine)
+    except TimeoutError:
+        return f"database: no answer within {timeout_seconds:g} s"
+    except DatabaseError as error:
+        return str(error)
+    if found != needed:
+        return f"database schema is at {found or 'nothing'}, this socksauth needs {needed}"
+    return None
