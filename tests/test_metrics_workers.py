@@ -1,0 +1,146 @@
+"""`socksauth serve --workers 2 --admin-listen`: whichever worker answers a scrape reports what
+all of them counted, also the counts of a worker that died."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from e2e import (
+    EchoServer,
+    allow_loopback_targets,
+    assert_serves_a_good_client,
+    echo_server,  # noqa: F401  (fixture)
+    eventually,
+    user_store,  # noqa: F401  (fixture)
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from socksauth.store.users import SqlUserStore
+
+pytestmark = pytest.mark.timeout(90)
+
+# assert_serves_a_good_client sends and receives this many bytes.
+ROUND_TRIP_BYTES = len(b"still serving?")
+CLIENTS = 20
+
+
+class Supervisor:
+    def __init__(self, process: asyncio.subprocess.Process, port: int, admin: str) -> None:
+        self.process = process
+        self.port = port
+        self.admin = admin
+
+    def worker_pids(self) -> set[int]:
+        children = f"/proc/{self.process.pid}/task/{self.process.pid}/children"
+        try:
+            with open(children) as file:
+                return {int(pid) for pid in file.read().split()}
+        except FileNotFoundError:
+            return set()
+
+
+@pytest.fixture
+async def supervisor(
+    database_url: str,
+    user_store: SqlUserStore,  # noqa: F811
+) -> AsyncIterator[Supervisor]:
+    await allow_loopback_targets(database_url)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "socksauth", "serve", "--workers", "2",
+        "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+        "--database-url", database_url,
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    port, admin = 0, ""
+    async with asyncio.timeout(30):
+        while not (port and admin):
+            line = (await process.stderr.readline()).decode()
+            assert line, "the server exited before it listened"
+            if match := re.search(r"listening on 127\.0\.0\.1:(\d+) \(2 workers\)", line):
+                port = int(match.group(1))
+            if match := re.search(r"admin listener .* on (http://127\.0\.0\.1:\d+)", line):
+                admin = match.group(1)
+    drain = asyncio.create_task(process.stderr.read())
+    running = Supervisor(process, port, admin)
+    try:
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        for pid in running.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        drain.cancel()
+
+
+async def scrape(admin: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        response = await client.get(f"{admin}/metrics")
+    assert response.status_code == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def closed_and_bytes(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float],
+) -> tuple[float, ...]:
+    return (
+        samples.get(("socksauth_connections_total", frozenset({("outcome", "closed")})), 0.0),
+        samples.get(("socksauth_bytes_from_client_total", frozenset()), 0.0),
+        samples.get(("socksauth_bytes_to_client_total", frozenset()), 0.0),
+    )
+
+
+async def test_every_scrape_sums_all_workers_also_after_one_died(
+    supervisor: Supervisor,
+    echo_server: EchoServer,  # noqa: F811
+) -> None:
+    await eventually(lambda: len(supervisor.worker_pids()) == 2, what="two workers")
+    for _ in range(CLIENTS):
+        await assert_serves_a_good_client(supervisor.port, echo_server)
+    expected = (CLIENTS, CLIENTS * ROUND_TRIP_BYTES, CLIENTS * ROUND_TRIP_BYTES)
+
+    # The kernel spreads the clients over both workers, and the scrapes too: each scrape must
+    # still see all of them (a worker counts a client once it has seen it close).
+    last: tuple[float, ...] = ()
+
+    async def all_counted() -> bool:
+        nonlocal last
+        last = closed_and_bytes(await scrape(supervisor.admin))
+        return last == expected
+
+    for _ in range(500):
+        if await all_counted():
+            break
+        await asyncio.sleep(0.01)
+    assert last == expected
+    for _ in range(10):
+        assert closed_and_bytes(await scrape(supervisor.admin)) == expected
+
+    # A worker killed (past the supervisor's minimum uptime): its counts stay in the totals,
+    # and its replacement serves the admin port too.
+    await asyncio.sleep(5.5)
+    victim = min(supervisor.worker_pids())
+    os.kill(victim, signal.SIGKILL)
+    await eventually(
+        lambda: len(supervisor.worker_pids()) == 2 and victim not in supervisor.worker_pids(),
+        what="a replacement worker",
+    )
+    for _ in range(10):
+        assert closed_and_bytes(await scrape(supervisor.admin)) == expected
+
+    supervisor.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        assert await supervisor.process.wait() == 0
