@@ -1,5 +1,5 @@
-"""`socksauth serve --workers 2 --admin-listen`: whichever worker answers a scrape reports what
-all of them counted, also the counts of a worker that died."""
+"""`socksauth serve --admin-listen` as a process: with one worker, and with two, where whichever
+worker answers a scrape reports what all of them counted, also the counts of a worker that died."""
 
 from __future__ import annotations
 
@@ -144,3 +144,45 @@ async def test_every_scrape_sums_all_workers_also_after_one_died(
     supervisor.process.send_signal(signal.SIGTERM)
     async with asyncio.timeout(30):
         assert await supervisor.process.wait() == 0
+
+
+async def test_one_process_serves_the_admin_address_it_was_given(
+    database_url: str,
+    user_store: SqlUserStore,  # noqa: F811
+    echo_server: EchoServer,  # noqa: F811
+) -> None:
+    await allow_loopback_targets(database_url)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "socksauth", "serve", "--workers", "1",
+        "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+        "--database-url", database_url,
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+        port, admin = 0, ""
+        async with asyncio.timeout(30):
+            while not (port and admin):
+                line = (await process.stderr.readline()).decode()
+                assert line, "the server exited before it listened"
+                if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                    port = int(match.group(1))
+                if match := re.search(r"admin listener .* on (http://127\.0\.0\.1:\d+)", line):
+                    admin = match.group(1)
+        await assert_serves_a_good_client(port, echo_server)
+        expected = (1, ROUND_TRIP_BYTES, ROUND_TRIP_BYTES)
+        for _ in range(500):
+            if closed_and_bytes(await scrape(admin)) == expected:
+                break
+            await asyncio.sleep(0.01)
+        assert closed_and_bytes(await scrape(admin)) == expected
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            assert (await client.get(f"{admin}/readyz")).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
