@@ -3,9 +3,13 @@ settings socksauth accepts (ports, names, grace periods, the user id)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tomllib
@@ -18,6 +22,8 @@ import yaml
 
 from socksauth.config import Settings
 from socksauth.settings_source import settings_source
+from socksauth.store import migrate
+from socksauth.store.database import create_engine
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 DEPLOY = REPOSITORY / "deploy"
@@ -102,6 +108,59 @@ def test_the_image_defaults_are_valid_settings_and_match_what_the_dockerfile_exp
     assert user == f"{IMAGE_UID}:{IMAGE_UID}"
     (healthcheck,) = [args for word, args in instructions if word == "HEALTHCHECK"]
     assert "/healthz" in healthcheck and "':9180'" in healthcheck
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_the_image_healthcheck_passes_while_serve_runs_and_fails_once_it_stopped(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'socksauth.sqlite3'}"
+    engine = create_engine(url)
+    await migrate.upgrade(engine)
+    await engine.dispose()
+    # As in the image: its config file, the variables a deployment sets; loopback here.
+    admin_port = _free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SOCKSAUTH_")}
+    env |= {
+        "SOCKSAUTH_DATABASE_URL": url,
+        "SOCKSAUTH_LISTEN": "127.0.0.1:0",
+        "SOCKSAUTH_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
+    }
+    (healthcheck,) = [args for word, args in _dockerfile() if word == "HEALTHCHECK"]
+    command = json.loads(healthcheck.partition(" CMD ")[2])
+    assert command[0] == "python"
+    command[0] = sys.executable
+
+    async def check() -> int:
+        process = await asyncio.create_subprocess_exec(
+            *command, env=env, stderr=asyncio.subprocess.DEVNULL
+        )
+        async with asyncio.timeout(10):
+            return await process.wait()
+
+    log = tmp_path / "serve.log"
+    with log.open("wb") as stderr:
+        serve = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "socksauth", "serve", "--config", str(DEPLOY / "container.toml"),
+            env=env, stdin=asyncio.subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+    try:
+        async with asyncio.timeout(30):
+            while "admin listener" not in log.read_text():
+                assert serve.returncode is None, log.read_text()
+                await asyncio.sleep(0.05)
+        assert await check() == 0
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await serve.wait() == 0, log.read_text()
+    assert await check() != 0
 
 
 def test_the_dockerfile_copies_only_what_the_wheel_and_the_image_need() -> None:
