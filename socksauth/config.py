@@ -184,6 +184,10 @@ class Settings:
             address = address.ipv4_mapped
         return any(address in network for network in self.trusted_networks)
 
+    def is_load_balancer(self, host: str) -> bool:
+        """Whether a peer at ``host`` must open with a PROXY protocol header."""
+        return _in_networks(host, self.proxy_protocol_networks)
+
 
 def _in_networks(host: str, networks: tuple[IPNetwork, ...]) -> bool:
     try:

@@ -24,6 +24,12 @@ from socksauth.protocol.events import (
     Greeting,
     MethodSelection,
 )
+from socksauth.protocol.proxy_header import (
+    HeaderKind,
+    ProxyHeader,
+    ProxyHeaderError,
+    ProxyHeaderReader,
+)
 from socksauth.protocol.udp import UdpHeader, build_datagram, parse_datagram
 
 __all__ = [
@@ -40,9 +46,13 @@ __all__ = [
     "ConnectionClosed",
     "Credentials",
     "Greeting",
+    "HeaderKind",
     "LocalProtocolError",
     "MethodSelection",
     "ProtocolError",
+    "ProxyHeader",
+    "ProxyHeaderError",
+    "ProxyHeaderReader",
     "RemoteProtocolError",
     "Reply",
     "ServerConnection",

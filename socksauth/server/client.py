@@ -37,6 +37,13 @@ from socksauth.protocol import (
     ServerConnection,
 )
 from socksauth.protocol.events import ClientEvent
+from socksauth.protocol.proxy_header import (
+    HeaderKind,
+    ProxyHeader,
+    ProxyHeaderError,
+    ProxyHeaderReader,
+    starts_like_header,
+)
 from socksauth.server.access import Access
 from socksauth.server.bind import Binding, expected_peers
 from socksauth.server.limits import ClientSlot, Refusal, UserLease
@@ -161,6 +168,10 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
     def __init__(self, conn: ServerConnection) -> None:
         self._conn = conn
         self._view = memoryview(bytearray(_HANDSHAKE_READ_BYTES))
+        self._last_read = 0
+        # Set while a load balancer's PROXY header is awaited: bytes go there first.
+        self._header_reader: ProxyHeaderReader | None = None
+        self.proxy_header: ProxyHeader | None = None
         self.transport: asyncio.Transport | None = None
         self.connected: asyncio.Future[asyncio.Transport] = (
             asyncio.get_running_loop().create_future()
@@ -182,22 +193,52 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         assert self.transport is not None
         self.transport.pause_reading()
+        self._last_read = nbytes
         try:
-            self._conn.receive_data(self._view[:nbytes])
+            if self._header_reader is None:
+                self._conn.receive_data(self._view[:nbytes])
+            else:
+                self._receive_header(self._view[:nbytes])
+        except protocol.ProtocolError as error:
+            self._error = error
+        self._wake()
+
+    def expect_proxy_header(self) -> None:
+        """The peer is a load balancer: the first bytes are its PROXY header, and only what
+        follows the header is the client's SOCKS5 stream."""
+        self._header_reader = ProxyHeaderReader()
+
+    def _receive_header(self, data: memoryview) -> None:
+        assert self._header_reader is not None
+        header = self._header_reader.receive_data(data)
+        if header is not None:
+            self._header_reader = None
+            self.proxy_header = header
+            if header.trailing_data:
+                self._conn.receive_data(header.trailing_data)
+
+    def last_read_was_proxy_header(self) -> bool:
+        """Whether the most recent read began like a PROXY header (for a clearer error when
+        a load balancer that is not in proxy_protocol_networks sends one)."""
+        return starts_like_header(self._view[: self._last_read])
+
+    def _end_of_stream(self) -> None:
+        try:
+            if self._header_reader is not None:
+                self._receive_header(self._view[:0])
+            self._conn.receive_data(b"")
         except protocol.ProtocolError as error:
             self._error = error
         self._wake()
 
     def eof_received(self) -> bool:
         self.eof = True
-        self._conn.receive_data(b"")
-        self._wake()
+        self._end_of_stream()
         return True  # keep the transport open: a half-closed client still gets its reply
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._conn.receive_data(b"")  # end of stream; harmless if the FIN came first
-        self._wake()
+        self._end_of_stream()  # harmless if the FIN came first
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -243,6 +284,9 @@ class ClientConnection:
         self._transport: asyncio.Transport | None = None
         self._revoked: str | None = None
         self._denial: Verdict | None = None
+        # The load balancer connected on its own (no header, or a LOCAL one): a health check
+        # when it leaves without a word, logged at debug instead of once per check.
+        self._load_balancer_check = False
         self.user: UserRecord | None = None  # the account as it logged in
         self._conn = ServerConnection()
         self.protocol = _HandshakeProtocol(self._conn)
@@ -279,9 +323,16 @@ class ClientConnection:
             started=time.monotonic(),
         )
         self._transport = transport
+        deadline = asyncio.get_running_loop().time() + self._settings.handshake_timeout_seconds
         try:
-            self._admit(peer[0])
-            request = await self._handshake(transport, peer[0], record)
+            if self._settings.proxy_protocol_networks and not await self._take_proxy_header(
+                peer[0], record, deadline
+            ):
+                return record
+            # From here record.client_host is the client's own address, also behind a load
+            # balancer: admission, trust, throttling, audit and UDP all use it.
+            self._admit(record.client_host)
+            request = await self._handshake(transport, record.client_host, record, deadline)
             if request is not None:
                 if self._slot is not None:
                     self._slot.authenticated()
@@ -290,6 +341,11 @@ class ClientConnection:
             record.outcome = Outcome.REFUSED
             log.debug("%s: not admitted: %s", record.client, refusal)
             transport.abort()
+        except ProxyHeaderError as error:
+            # A load balancer that is not (or not correctly) configured; one line per
+            # connection, warning because an operator has to fix something.
+            record.outcome = Outcome.PROTOCOL_ERROR
+            log.warning("%s: %s", record.client, error)
         except RemoteProtocolError as error:
             record.outcome = Outcome.PROTOCOL_ERROR
             log.info("%s: protocol error: %s", record.client, error)
@@ -321,7 +377,10 @@ class ClientConnection:
                 record.bytes_from_client, record.bytes_to_client = self.relay.bytes_counts()
             record.duration_seconds = time.monotonic() - record.started
             record.ended_at = record.started_at + timedelta(seconds=record.duration_seconds)
-            _log_finished(record)
+            if self._load_balancer_check and record.outcome is Outcome.CLIENT_GONE:
+                log.debug("%s: load balancer health check", record.client)
+            else:
+                _log_finished(record)
             self._observer.finished(record)
         return record
 
@@ -351,12 +410,54 @@ class ClientConnection:
                 raise LocalProtocolError("the handshake waits for our message, not the client's")
             return event
 
+    async def _take_proxy_header(
+        self, peer_host: str, record: ConnectionRecord, deadline: float
+    ) -> bool:
+        """From a load balancer (proxy_protocol_networks), read its PROXY header before
+        anything else, and let the client address it names stand for the peer; False when
+        the load balancer closed without a header (a TCP health check).
+
+        Raises:
+            ProxyHeaderError: no valid header within the handshake deadline's bytes.
+            TimeoutError: no complete header by the deadline.
+        """
+        if not self._settings.is_load_balancer(peer_host):
+            return True
+        handshake = self.protocol
+        handshake.expect_proxy_header()
+        async with asyncio.timeout_at(deadline):
+            while handshake.proxy_header is None:
+                if handshake.lost or handshake.eof:
+                    self._load_balancer_check = True
+                    record.outcome = Outcome.CLIENT_GONE
+                    return False
+                await handshake.wait_for_data()
+        header = handshake.proxy_header
+        self._load_balancer_check = header.kind is HeaderKind.LOCAL
+        if header.kind is HeaderKind.PROXY:
+            assert header.source is not None
+            log.debug("%s: client %s (PROXY v%d)", record.client, header.source, header.version)
+            record.client_host = header.source.host
+            record.client_port = header.source.port
+        return True
+
     async def _handshake(
-        self, transport: asyncio.Transport, client_host: str, record: ConnectionRecord
+        self,
+        transport: asyncio.Transport,
+        client_host: str,
+        record: ConnectionRecord,
+        deadline: float,
     ) -> CommandRequest | None:
         """Greeting → method → credentials → request, within the handshake deadline."""
-        async with asyncio.timeout(self._settings.handshake_timeout_seconds):
-            greeting = await self._next_event()
+        async with asyncio.timeout_at(deadline):
+            try:
+                greeting = await self._next_event()
+            except RemoteProtocolError:
+                if self.protocol.last_read_was_proxy_header():
+                    raise ProxyHeaderError(
+                        "a PROXY protocol header from an address not in proxy_protocol_networks"
+                    ) from None
+                raise
             if isinstance(greeting, ConnectionClosed):
                 record.outcome = Outcome.CLIENT_GONE
                 return None
