@@ -165,12 +165,15 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
     pipelines stays in the kernel's socket buffer, not in our memory.
     """
 
-    def __init__(self, conn: ServerConnection) -> None:
+    def __init__(self, conn: ServerConnection, load_balancers: Settings | None = None) -> None:
+        """``load_balancers``: the settings when proxy_protocol_networks is set, else None."""
         self._conn = conn
+        self._load_balancers = load_balancers
         self._view = memoryview(bytearray(_HANDSHAKE_READ_BYTES))
         self._last_read = 0
         # Set while a load balancer's PROXY header is awaited: bytes go there first.
         self._header_reader: ProxyHeaderReader | None = None
+        self.from_load_balancer = False
         self.proxy_header: ProxyHeader | None = None
         self.transport: asyncio.Transport | None = None
         self.connected: asyncio.Future[asyncio.Transport] = (
@@ -185,6 +188,13 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self.transport.pause_reading()
+        if self._load_balancers is not None:
+            # Decided here, before the first read: uvloop may deliver data right after
+            # connection_made, and a load balancer's first bytes are its header.
+            peer = transport.get_extra_info("peername")
+            if peer and self._load_balancers.is_load_balancer(peer[0]):
+                self.from_load_balancer = True
+                self._header_reader = ProxyHeaderReader()
         self.connected.set_result(self.transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -202,11 +212,6 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
         except protocol.ProtocolError as error:
             self._error = error
         self._wake()
-
-    def expect_proxy_header(self) -> None:
-        """The peer is a load balancer: the first bytes are its PROXY header, and only what
-        follows the header is the client's SOCKS5 stream."""
-        self._header_reader = ProxyHeaderReader()
 
     def _receive_header(self, data: memoryview) -> None:
         assert self._header_reader is not None
@@ -289,7 +294,9 @@ class ClientConnection:
         self._load_balancer_check = False
         self.user: UserRecord | None = None  # the account as it logged in
         self._conn = ServerConnection()
-        self.protocol = _HandshakeProtocol(self._conn)
+        self.protocol = _HandshakeProtocol(
+            self._conn, settings if settings.proxy_protocol_networks else None
+        )
         self.relay: Relay | None = None
         self.association: UdpAssociation | None = None
         self.record: ConnectionRecord | None = None
@@ -325,8 +332,8 @@ class ClientConnection:
         self._transport = transport
         deadline = asyncio.get_running_loop().time() + self._settings.handshake_timeout_seconds
         try:
-            if self._settings.proxy_protocol_networks and not await self._take_proxy_header(
-                peer[0], record, deadline
+            if self.protocol.from_load_balancer and not await self._take_proxy_header(
+                record, deadline
             ):
                 return record
             # From here record.client_host is the client's own address, also behind a load
@@ -410,9 +417,7 @@ class ClientConnection:
                 raise LocalProtocolError("the handshake waits for our message, not the client's")
             return event
 
-    async def _take_proxy_header(
-        self, peer_host: str, record: ConnectionRecord, deadline: float
-    ) -> bool:
+    async def _take_proxy_header(self, record: ConnectionRecord, deadline: float) -> bool:
         """From a load balancer (proxy_protocol_networks), read its PROXY header before
         anything else, and let the client address it names stand for the peer; False when
         the load balancer closed without a header (a TCP health check).
@@ -421,10 +426,7 @@ class ClientConnection:
             ProxyHeaderError: no valid header within the handshake deadline's bytes.
             TimeoutError: no complete header by the deadline.
         """
-        if not self._settings.is_load_balancer(peer_host):
-            return True
         handshake = self.protocol
-        handshake.expect_proxy_header()
         async with asyncio.timeout_at(deadline):
             while handshake.proxy_header is None:
                 if handshake.lost or handshake.eof:

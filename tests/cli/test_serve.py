@@ -28,6 +28,7 @@ from e2e import (
     credentials,
     greeting,
     raw_connection,
+    read_exactly,
     read_until_closed,
 )
 from sqlalchemy.engine import make_url
@@ -194,3 +195,24 @@ async def test_a_target_that_speaks_first_loses_no_byte(
                 assert received[:5] == b"\x05\x02\x01\x00\x05" and received[5] == 0
                 assert received[14:] == banner, "".join(serve.stderr)
     assert "AssertionError" not in "".join(serve.stderr), "".join(serve.stderr)
+
+
+async def test_serve_reads_a_load_balancers_proxy_header_before_the_greeting(
+    database_url: str, user_store: SqlUserStore
+) -> None:
+    # On uvloop (what `serve` runs on) the first bytes may arrive before the client task
+    # runs: they must still be taken as the header, not as the SOCKS greeting.
+    header = b"PROXY TCP4 203.0.113.7 127.0.0.1 40123 1080\r\n"
+    async with serving(
+        "--database-url", database_url, "--workers", "1", "--proxy-protocol-from", "127.0.0.1/32"
+    ) as serve:
+        for first_write in (header + greeting(2), header):
+            async with raw_connection(serve.port) as (reader, writer):
+                writer.write(first_write)
+                if first_write == header:
+                    await writer.drain()
+                    writer.write(greeting(2))
+                writer.write(credentials(ALICE, ALICE_PASSWORD))
+                assert await read_exactly(reader, 4) == b"\x05\x02\x01\x00"
+    log = "".join(serve.stderr)
+    assert log.count("203.0.113.7:40123 user=alice") == 2, log
