@@ -423,7 +423,7 @@ class ClientConnection:
         the load balancer closed without a header (a TCP health check).
 
         Raises:
-            ProxyHeaderError: no valid header within the handshake deadline's bytes.
+            ProxyHeaderError: the load balancer's first bytes are not a valid header.
             TimeoutError: no complete header by the deadline.
         """
         handshake = self.protocol
