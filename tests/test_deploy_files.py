@@ -205,6 +205,8 @@ def test_compose_nodes_run_valid_settings_with_their_own_names_trusting_the_back
         assert [str(network) for network in settings.proxy_protocol_networks] == [subnet]
         assert node["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
         assert _seconds(node["stop_grace_period"]) > longest_shutdown(settings)
+        # Behind a TCP load balancer: UDP and BIND replies would name unreachable addresses.
+        assert not settings.udp_enabled and not settings.bind_enabled
         assert node["read_only"] is True
         assert node["networks"] == ["backend"]
     assert names == {"node-a", "node-b"}
@@ -318,6 +320,7 @@ def test_kubernetes_manifests_parse_and_agree_with_each_other(tmp_path: Path) ->
     tomllib.loads(config.read_text())
     settings, workers = _settings(config)
     assert settings.admin_listen is not None
+    assert not settings.udp_enabled and not settings.bind_enabled
 
     deployment = manifests["Deployment"]
     pod = deployment["spec"]["template"]
