@@ -110,6 +110,7 @@ async def running_server(
         # Nothing is measured unless someone can read it: no cost per connection when off.
         measured = None
         servers: list[ProxyServer] = []  # the one server, once started, for /readyz
+        admin = None
         if admin_socket is not None or settings.admin_listen is not None:
             measured = metrics.Metrics(per_user=settings.metrics_per_user)
             on_database_error(engine, measured.database_errors.inc)
@@ -150,7 +151,9 @@ async def running_server(
                     engine, needed, READY_DATABASE_TIMEOUT_SECONDS
                 )
 
-            await _enter_admin_listener(stack, settings, admin_socket, measured, sampler, readiness)
+            admin = await _enter_admin_listener(
+                stack, settings, admin_socket, measured, sampler, readiness
+            )
         changes = SqlChangeFeed(engine)
         stack.push_async_callback(changes.close)
         with database_errors():
@@ -165,6 +168,8 @@ async def running_server(
             on_users_changed=cached_users.invalidate,
             leases=leases,
         )
+        if admin is not None:
+            access.set_other_endpoints([(admin.bound.host, admin.bound.port)])
         with database_errors():
             # The revision first: a change made after it was read is one the watch sees.
             await access.check_changes()
@@ -188,7 +193,7 @@ async def _enter_admin_listener(
     measured: metrics.Metrics,
     sampler: AuditSampler,
     readiness: Readiness,
-) -> None:
+) -> AdminListener:
     """The admin listener on ``stack``, and the task that samples the audit for it.
 
     Entered before the proxy's listeners, so it is closed after them: during a graceful
@@ -204,7 +209,7 @@ async def _enter_admin_listener(
     if admin_socket is None:
         assert settings.admin_listen is not None
         admin_socket = bind_admin_socket(settings.admin_listen)
-    await stack.enter_async_context(
+    return await stack.enter_async_context(
         AdminListener(
             admin_socket,
             exposition=measured.exposition,

@@ -114,6 +114,7 @@ class Access:
         self._on_users_changed = on_users_changed
         self._revision: int | None = None
         self._own_endpoints: tuple[tuple[str, int], ...] = ()
+        self._other_endpoints: tuple[tuple[str, int], ...] = ()
 
     def use_settings(self, settings: Settings) -> None:
         """Apply reloaded settings: admission caps (the clients already counted stay
@@ -131,6 +132,12 @@ class Access:
         self._own_endpoints = tuple(endpoints)
         self._use_rules(self.policy.rules)
 
+    def set_other_endpoints(self, endpoints: Sequence[tuple[str, int]]) -> None:
+        """This process's other listening addresses (the admin listener): clients must not
+        reach them through the proxy either, or /metrics would be one CONNECT away."""
+        self._other_endpoints = tuple(endpoints)
+        self._use_rules(self.policy.rules)
+
     async def load_rules(self) -> None:
         """Re-read the rules; on a database error the rules in force stay."""
         if self._rules is None:
@@ -145,7 +152,7 @@ class Access:
         self.policy = DestinationPolicy(
             rules,
             deny_private=self.settings.deny_private_networks,
-            own_endpoints=self._own_endpoints,
+            own_endpoints=(*self._own_endpoints, *self._other_endpoints),
         )
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,15 +15,19 @@ import pytest
 from alembic.script import ScriptDirectory
 from e2e import (
     ALICE,
+    UDP_ASSOCIATE,
     EchoServer,
     allow_loopback_targets,
     credentials,
     eventually,
     greeting,
+    login,
     open_tunnel,
     raw_connection,
     read_exactly,
+    read_reply,
     read_until_closed,
+    request,
     with_timeout,
 )
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,8 +39,11 @@ from sqlalchemy.pool import NullPool
 from socksauth import app
 from socksauth.config import ListenAddress, Settings
 from socksauth.metrics import Metrics
+from socksauth.protocol import Command
+from socksauth.server.access import Access
 from socksauth.server.admin import AdminListener, bind_admin_socket
 from socksauth.server.listener import ProxyServer
+from socksauth.server.policy import Verdict
 from socksauth.store import migrate
 from socksauth.store.database import create_engine
 from socksauth.store.users import SqlUserStore
@@ -150,6 +158,41 @@ async def test_metrics_count_a_tunnel_its_bytes_its_handshake_and_a_failed_login
         assert value(after, "socksauth_database_errors_total") == 0
         # The audit's queue: the three entries above, until its next flush writes them.
         assert value(after, "socksauth_audit_queue_depth") in (0, 1, 2, 3)
+
+
+async def test_an_association_is_counted_open_and_a_refused_request_is_a_timed_handshake(
+    database_url: str, user_store: SqlUserStore
+) -> None:
+    async with serving(database_url) as served:
+        async with raw_connection(served.port) as (reader, writer):
+            await login(reader, writer)
+            writer.write(request("0.0.0.0", 0, UDP_ASSOCIATE))
+            assert (await read_reply(reader)).reply == 0x00
+            samples = await scrape(served)
+            assert value(samples, "socksauth_tunnels_active", command="udp_associate") == 1
+        # A cloud metadata address: refused by the policy, never dialled.
+        async with raw_connection(served.port) as (reader, writer):
+            await login(reader, writer)
+            writer.write(request("169.254.169.254", 80))
+            assert (await read_reply(reader)).reply == 0x02
+            assert await read_until_closed(reader) == b""
+        await eventually(lambda: served.server.active_clients == 0, what="all clients gone")
+        samples = await scrape(served)
+        assert value(samples, "socksauth_tunnels_active", command="udp_associate") == 0
+        assert value(samples, "socksauth_connections_total", outcome="denied") == 1
+        assert value(samples, "socksauth_handshake_duration_seconds_count") == 2
+
+
+def test_the_admin_address_is_protected_from_clients_like_a_listen_address() -> None:
+    access = Access(Settings(database_url="sqlite+aiosqlite:///unused.sqlite3"))
+    admin = ipaddress.ip_address("203.0.113.5")  # an address no default protects
+    assert access.policy.check_address(ALICE, Command.CONNECT, admin, 9180).allowed
+    access.set_other_endpoints([("203.0.113.5", 9180)])
+    # Also after the proxy's listeners set their own endpoints (at start, at each reload).
+    access.set_own_endpoints([("127.0.0.1", 1080)])
+    verdict = access.policy.check_address(ALICE, Command.CONNECT, admin, 9180)
+    assert verdict == Verdict(False, "protected: the proxy's own listen address")
+    assert access.policy.check_address(ALICE, Command.CONNECT, admin, 9181).allowed
 
 
 async def test_per_user_labels_name_accounts_that_logged_in_and_never_a_failed_name(
