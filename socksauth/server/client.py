@@ -57,6 +57,9 @@ log = get_logger("client")
 
 # Handshake reads are small; data beyond this stays in the kernel until we ask for it.
 _HANDSHAKE_READ_BYTES = 4096
+# The handshake's read buffer before the first read and after the handshake: a tunnel lives
+# for hours and never reads through this protocol again, so it must not keep 4 KiB for it.
+_NO_BUFFER = memoryview(bytearray(0))
 
 
 class Outcome(enum.Enum):
@@ -169,7 +172,7 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
         """``load_balancers``: the settings when proxy_protocol_networks is set, else None."""
         self._conn = conn
         self._load_balancers = load_balancers
-        self._view = memoryview(bytearray(_HANDSHAKE_READ_BYTES))
+        self._view = _NO_BUFFER
         self._last_read = 0
         # Set while a load balancer's PROXY header is awaited: bytes go there first.
         self._header_reader: ProxyHeaderReader | None = None
@@ -198,7 +201,13 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
         self.connected.set_result(self.transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if not self._view:
+            self._view = memoryview(bytearray(_HANDSHAKE_READ_BYTES))
         return self._view
+
+    def release_buffer(self) -> None:
+        """Drop the read buffer (the handshake is over); a later read allocates a new one."""
+        self._view = _NO_BUFFER
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self.transport is not None
@@ -316,6 +325,7 @@ class ClientConnection:
 
     def _end_handshake(self) -> None:
         self.in_handshake = False
+        self.protocol.release_buffer()
         if self._handshake_over is not None and not self._handshake_over.done():
             self._handshake_over.set_result(None)
 
@@ -344,6 +354,10 @@ class ClientConnection:
                 if self._slot is not None:
                     self._slot.authenticated()
                 await self._dispatch(transport, request, record)
+                if self.relay is not None:
+                    # The tunnel runs on the relay's callbacks. Waited for here, not in
+                    # _tunnel: the handshake's frames would live as long as the tunnel.
+                    record.outcome = _OUTCOME_BY_CLOSE[await self.relay.ended]
         except Refusal as refusal:
             record.outcome = Outcome.REFUSED
             log.debug("%s: not admitted: %s", record.client, refusal)
@@ -630,7 +644,8 @@ class ClientConnection:
         *,
         reply_with_peer: bool,
     ) -> None:
-        """Reply success, then relay between the client and ``sock`` (target or BIND peer)."""
+        """Reply success, then hand the client and ``sock`` (target or BIND peer) to a relay;
+        run() waits for it to end."""
         loop = asyncio.get_running_loop()
         relay = Relay(
             self._settings.relay_buffer_bytes,
@@ -661,8 +676,6 @@ class ClientConnection:
         trailing, client_eof = self._conn.trailing_data
         self.relay = relay
         relay.attach_client(transport, trailing, client_eof)
-        result = await relay.wait()
-        record.outcome = _OUTCOME_BY_CLOSE[result.reason]
 
     async def _bind(
         self, transport: asyncio.Transport, requested: Address, record: ConnectionRecord

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from dataclasses import dataclass
 from typing import cast
 
 from socksauth.server.limits import TokenBucket
@@ -24,13 +23,6 @@ class CloseReason(enum.Enum):
     TARGET_ERROR = "target_error"  # the target's connection failed
     SHUTDOWN = "shutdown"  # the server closed it
     IDLE_TIMEOUT = "idle_timeout"  # no byte either way for idle_timeout_seconds
-
-
-@dataclass(frozen=True, slots=True)
-class RelayResult:
-    bytes_from_client: int
-    bytes_to_client: int
-    reason: CloseReason
 
 
 class _Direction(asyncio.BufferedProtocol):
@@ -153,6 +145,17 @@ class _Direction(asyncio.BufferedProtocol):
 class Relay:
     """Runs one tunnel between a client transport and a target transport until it ends."""
 
+    __slots__ = (
+        "_finished",
+        "_idle_counts",
+        "_idle_since",
+        "_idle_timeout",
+        "_idle_timer",
+        "ended",
+        "from_client",
+        "to_client",
+    )
+
     def __init__(
         self,
         buffer_bytes: int,
@@ -166,7 +169,10 @@ class Relay:
         self.to_client = _Direction(self, buffer_bytes, is_client=False)
         if buckets is not None:
             self.from_client.bucket, self.to_client.bucket = buckets
-        self._done: asyncio.Future[CloseReason] = asyncio.get_running_loop().create_future()
+        # Why the tunnel ended, once it has: awaited by the client connection. _finish keeps
+        # its own flag because a cancelled waiter (shutdown) cancels this future with it.
+        self.ended: asyncio.Future[CloseReason] = asyncio.get_running_loop().create_future()
+        self._finished = False
         self._idle_timeout = idle_timeout_seconds
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_counts = (-1, -1)
@@ -221,12 +227,6 @@ class Relay:
     def bytes_counts(self) -> tuple[int, int]:
         return self.from_client.count, self.to_client.count
 
-    async def wait(self) -> RelayResult:
-        # Shielded: cancelling the waiter (server shutdown) must not cancel ``_done`` itself,
-        # or close() would find it done and leave both transports open.
-        reason = await asyncio.shield(self._done)
-        return RelayResult(self.from_client.count, self.to_client.count, reason)
-
     def close(self, reason: CloseReason = CloseReason.SHUTDOWN) -> None:
         """End the tunnel now (shutdown, policy)."""
         self._finish(reason)
@@ -243,9 +243,11 @@ class Relay:
         self._finish(reason)
 
     def _finish(self, reason: CloseReason) -> None:
-        if self._done.done():
+        if self._finished:
             return
-        self._done.set_result(reason)
+        self._finished = True
+        if not self.ended.done():
+            self.ended.set_result(reason)
         self.from_client.cancel_timer()
         self.to_client.cancel_timer()
         if self._idle_timer is not None:
