@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import gc
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 from socksauth import logs, metrics
 from socksauth.audit import AuditLog
+from socksauth.auth import passwords
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
 from socksauth.auth.user_cache import UserCache
 from socksauth.config import ListenAddress, Settings
@@ -120,7 +122,9 @@ async def running_server(
         # Logins read accounts from memory; the change feed (below) empties it on any change.
         cached_users = UserCache(users)
         executor = ThreadPoolExecutor(
-            max_workers=settings.password_verify_threads, thread_name_prefix="verify"
+            max_workers=settings.password_verify_threads,
+            thread_name_prefix="verify",
+            initializer=passwords.lower_thread_priority,
         )
         stack.callback(executor.shutdown, wait=True, cancel_futures=True)
         logins = await stack.enter_async_context(LoginRecorder(users))
@@ -373,6 +377,9 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
+# What the supervisor handles: stop (SIGINT, SIGTERM), hurry (SIGQUIT), reload (SIGHUP).
+SUPERVISOR_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP})
+
 # A worker that dies sooner than this after its start is not restarted: it would only die again
 # (bad settings, a database that refuses us); the supervisor stops and reports instead.
 WORKER_MIN_UPTIME_SECONDS = 5.0
@@ -393,77 +400,12 @@ def serve_workers(
     the parent checks ``reload_settings()`` and, when valid, forwards SIGHUP; each worker
     reloads itself and binds new listen addresses with SO_REUSEPORT.
     """
-    run(_check_database(settings.database_url))
-    socket_sets = bind_listeners(settings, workers)
-    bound = tuple(
-        ListenAddress(host=sock.getsockname()[0], port=sock.getsockname()[1])
-        for sock in socket_sets[0]
-    )
-    for address in bound:
-        log.info("listening on %s (%d workers)", address, workers)
-    # What a restarted worker binds: the real ports, also where the settings said port 0.
-    rebind_settings = dataclasses.replace(settings, listen=bound)
-    # The admin listener: one socket, kept open here so that a restarted worker serves it
-    # too; each worker's metrics go to files in one directory, summed by whichever answers.
-    admin_socket = None
-    metrics_directory = None
-    if settings.admin_listen is not None:
-        admin_socket = bind_admin_socket(settings.admin_listen)
-        metrics_directory = Path(tempfile.mkdtemp(prefix="socksauth-metrics-"))
-        metrics.use_multiprocess_directory(metrics_directory)
     children: dict[int, tuple[int, float]] = {}  # pid → (worker index, start time)
     stopping = False
     stop_signals = 0
     # A worker started after a reload reloads at once: it was forked with the first settings.
     reloaded = False
     exit_code = 0
-
-    def start(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 1
-            try:
-                # Ctrl-C reaches the whole process group; the supervisor decides what it
-                # means for the workers (SIGTERM, SIGQUIT the second time, then SIGKILL).
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                # Until the worker's loop handles them: a reload or a hurry sent while it
-                # starts must not kill it (their default action).
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                signal.signal(signal.SIGQUIT, signal.SIG_IGN)
-                for other, sockets in enumerate(socket_sets):
-                    if other != index:
-                        for sock in sockets:
-                            sock.close()
-                worker_settings = dataclasses.replace(
-                    settings, node_name=f"{settings.node_name}/w{index}"
-                )
-                worker_reload = None
-                if reload_settings is not None:
-                    worker_reload = functools.partial(_worker_settings, reload_settings, index)
-
-                async def catch_up(server: ProxyServer) -> None:
-                    if reloaded:
-                        await reload_server(server, worker_reload)
-
-                run(
-                    serve(
-                        worker_settings,
-                        on_ready=catch_up,
-                        listen_sockets=socket_sets[index],
-                        signals=(signal.SIGTERM,),
-                        reload_settings=worker_reload,
-                        repeat_hurries=False,
-                        admin_socket=admin_socket,
-                    )
-                )
-                code = 0
-            except BaseException:
-                log.exception("worker %d failed", index)
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children[pid] = (index, time.monotonic())
 
     def forward(signum: int, frame: object) -> None:
         nonlocal stopping, stop_signals, exit_code
@@ -497,11 +439,96 @@ def serve_workers(
         for pid in children:
             os.kill(pid, signal.SIGHUP)
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+    # Installed before the port is announced: a signal sent as soon as it is logged must not
+    # meet its default action (SIGHUP's and SIGQUIT's end the process).
+    for signum in SUPERVISOR_SIGNALS - {signal.SIGHUP}:
         signal.signal(signum, forward)
     signal.signal(signal.SIGHUP, reload)
+
+    run(_check_database(settings.database_url))
+    socket_sets = bind_listeners(settings, workers)
+    bound = tuple(
+        ListenAddress(host=sock.getsockname()[0], port=sock.getsockname()[1])
+        for sock in socket_sets[0]
+    )
+    for address in bound:
+        log.info("listening on %s (%d workers)", address, workers)
+    # What a restarted worker binds: the real ports, also where the settings said port 0.
+    rebind_settings = dataclasses.replace(settings, listen=bound)
+    # The admin listener: one socket, kept open here so that a restarted worker serves it
+    # too; each worker's metrics go to files in one directory, summed by whichever answers.
+    admin_socket = None
+    metrics_directory = None
+    if settings.admin_listen is not None:
+        admin_socket = bind_admin_socket(settings.admin_listen)
+        metrics_directory = Path(tempfile.mkdtemp(prefix="socksauth-metrics-"))
+        metrics.use_multiprocess_directory(metrics_directory)
+
+    def start(index: int) -> None:
+        # Held back until the new worker is in ``children`` (and, in the worker, until its
+        # own handlers are set): a reload or stop between fork and bookkeeping would miss it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                # Ctrl-C reaches the whole process group; the supervisor decides what it
+                # means for the workers (SIGTERM, SIGQUIT the second time, then SIGKILL).
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+                # A reload asked for before the worker's loop handles SIGHUP is done as soon
+                # as the worker has started (as after a reload that preceded its fork).
+                reload_pending = reloaded
+
+                def note_reload(signum: int, frame: object) -> None:
+                    nonlocal reload_pending
+                    reload_pending = True
+
+                signal.signal(signal.SIGHUP, note_reload)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                for other, sockets in enumerate(socket_sets):
+                    if other != index:
+                        for sock in sockets:
+                            sock.close()
+                worker_settings = dataclasses.replace(
+                    settings, node_name=f"{settings.node_name}/w{index}"
+                )
+                worker_reload = None
+                if reload_settings is not None:
+                    worker_reload = functools.partial(_worker_settings, reload_settings, index)
+
+                async def catch_up(server: ProxyServer) -> None:
+                    if reload_pending:
+                        await reload_server(server, worker_reload)
+
+                run(
+                    serve(
+                        worker_settings,
+                        on_ready=catch_up,
+                        listen_sockets=socket_sets[index],
+                        signals=(signal.SIGTERM,),
+                        reload_settings=worker_reload,
+                        repeat_hurries=False,
+                        admin_socket=admin_socket,
+                    )
+                )
+                code = 0
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = (index, time.monotonic())
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    # The workers share what the supervisor built (the imported modules, mostly) copy-on-write;
+    # a full collection in a worker would write every one of those objects' GC headers and so
+    # copy their pages (~10 MiB per worker, soon after the first thousand tunnels).
+    gc.freeze()
     for index in range(workers):
-        start(index)
+        if not stopping:
+            start(index)
     for sockets in socket_sets:
         for sock in sockets:
             sock.close()  # the workers hold their own copies

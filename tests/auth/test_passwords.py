@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from passlib.hash import argon2
@@ -111,3 +115,21 @@ def test_generated_passwords_are_24_url_safe_characters_and_differ() -> None:
     for password in generated:
         assert len(password) == 24
         assert all(c.isascii() and (c.isalnum() or c in "-_") for c in password)
+
+
+def _own_niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_verification_threads_run_at_a_lower_priority_than_the_event_loop() -> None:
+    loop_niceness = _own_niceness()
+    with ThreadPoolExecutor(max_workers=1, initializer=passwords.lower_thread_priority) as pool:
+        verify_niceness = pool.submit(_own_niceness).result(timeout=10)
+        # The verification still works at that priority.
+        hashed = passwords.hash_password("pw")
+        assert pool.submit(passwords.verify_password, "pw", hashed).result(timeout=10)
+    assert verify_niceness == min(loop_niceness + passwords.VERIFY_THREAD_NICENESS, 19)
+    assert verify_niceness > loop_niceness or loop_niceness == 19
+    # Only the verification thread: the thread that runs the loop keeps its priority.
+    assert _own_niceness() == loop_niceness
