@@ -150,6 +150,12 @@ async def happy_eyeballs(addresses: Sequence[ResolvedAddress], target: str) -> s
     """Start an attempt, and another each time one fails or the delay passes; first one wins."""
     if not addresses:
         raise ConnectFailed(target, [OSError(errno.EHOSTUNREACH, "no address to connect to")])
+    if len(addresses) == 1:
+        # An IP literal, or a name with one address: nothing to race, so no task and no wait.
+        try:
+            return await _connect_one(addresses[0])
+        except OSError as failure:
+            raise ConnectFailed(target, [failure]) from None
     pending: set[asyncio.Task[socket.socket]] = set()
     errors: list[BaseException] = []
     remaining = list(addresses)
