@@ -414,6 +414,9 @@ async def serve_process(database_url: str, workers: int, *args: str) -> AsyncIte
         yield serve
     finally:
         if process.returncode is None:
+            # Its workers first: a killed supervisor's workers would keep serving.
+            for pid in worker_pids(process.pid):
+                os.kill(pid, signal.SIGKILL)
             process.kill()
             await process.wait()
         await with_timeout(collector)
@@ -544,3 +547,39 @@ async def test_sigquit_to_one_process_closes_every_connection_at_once(
         writer.close()
         assert await serve.exit_code() == 0
     assert await tunnel_outcomes(database_url) == ["shutdown"]
+
+
+async def test_a_worker_restarted_after_a_reload_reloads_too(
+    database_url: str,
+    user_store: SqlUserStore,  # noqa: F811
+    echo_server: EchoServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "socksauth.toml"
+    config.write_text('listen = ["127.0.0.1:0"]\n')
+    async with serve_process(database_url, 2, "--config", str(config)) as serve:
+        added = free_port()
+        config.write_text(f'listen = ["127.0.0.1:0", "127.0.0.1:{added}"]\n')
+        mark = len(serve.lines)
+        serve.signal(signal.SIGHUP)
+        await serve.wait_for_line(r"app: reloaded", mark, count=2)
+        workers = worker_pids(serve.process.pid)
+        assert len(workers) == 2
+        # Past the supervisor's "died right after starting" window, so it restarts the worker.
+        await asyncio.sleep(app.WORKER_MIN_UPTIME_SECONDS + 0.5)
+        os.kill(min(workers), signal.SIGKILL)
+        await serve.wait_for_line(r"restarting it", mark)
+        # The replacement was forked with the first settings; it reloads once it has started.
+        await serve.wait_for_line(r"app: reloaded", mark, count=3)
+        for port in (serve.port, added):
+            await assert_serves_a_good_client(port, echo_server)
+        serve.signal(signal.SIGTERM)
+        assert await serve.exit_code() == 0
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    try:
+        with open(f"/proc/{supervisor}/task/{supervisor}/children") as children:
+            return {int(pid) for pid in children.read().split()}
+    except FileNotFoundError:
+        return set()
