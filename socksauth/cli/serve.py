@@ -27,7 +27,9 @@ def _load(flags: dict[str, Any]) -> tuple[SettingsSource, Settings]:
 @click.command()
 @settings_options()
 def serve(**flags: Any) -> None:
-    """Run the proxy until SIGINT or SIGTERM."""
+    """Run the proxy until SIGTERM or SIGINT (a graceful shutdown: connections get
+    --shutdown-grace seconds; a second signal closes them at once). SIGHUP reloads the
+    settings without dropping connections."""
     source, settings = _load(flags)
     with reported_errors():
         workers = source.workers()
