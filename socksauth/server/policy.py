@@ -273,7 +273,10 @@ class DestinationPolicy:
             address = effective_address(address)
             network = ipaddress.ip_network(address)
             protected.append(_range(network, port, "the proxy's own listen address"))
-        self._protected = tuple(protected)
+        # The most specific protection first: the proxy's own ports lie inside loopback (or
+        # a private range), and a rule broad enough to unlock loopback must not also open
+        # them; only a rule inside the endpoint's own address does.
+        self._protected = tuple(sorted(protected, key=lambda p: p.port is None))
 
     def check_request(
         self, username: str | None, command: Command, name: str | None, port: int | None

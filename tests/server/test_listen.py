@@ -20,6 +20,9 @@ from e2e import (
 from socksauth import app
 from socksauth.config import ListenAddress, Settings, parse_listen
 from socksauth.errors import ConfigError
+from socksauth.store.database import connected
+from socksauth.store.interfaces import NewRule
+from socksauth.store.rules import SqlRuleStore
 from socksauth.store.users import SqlUserStore
 
 
@@ -73,6 +76,10 @@ async def test_ipv4_and_ipv6_listeners_log_their_real_ports_and_both_serve(
 ) -> None:
     caplog.set_level(logging.INFO, logger="socksauth")
     await allow_loopback_targets(database_url)
+    # The proxy's own ports are protected beyond loopback: only a rule naming the address
+    # itself lets a client reach them (here, to use one listener as the other's target).
+    async with connected(database_url) as engine:
+        await SqlRuleStore(engine).add_rule(NewRule(action="allow", cidr="127.0.0.1/32"), 1)
     settings = Settings(
         database_url=database_url,
         listen=(parse_listen("127.0.0.1:0"), parse_listen("[::1]:0")),

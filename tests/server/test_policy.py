@@ -97,6 +97,16 @@ def test_the_proxys_own_listen_address_is_protected_on_its_port_only() -> None:
     assert not allowed(policy, "0.0.0.0", 1081)
 
 
+def test_a_rule_unlocking_loopback_does_not_open_the_proxys_own_ports_on_it() -> None:
+    own = [("127.0.0.1", 1080), ("127.0.0.1", 9180)]
+    broad = DestinationPolicy([Rule(action=ALLOW, network=net("127.0.0.0/8"))], own_endpoints=own)
+    assert allowed(broad, "127.0.0.1", 8080)
+    assert not allowed(broad, "127.0.0.1", 1080)
+    assert not allowed(broad, "127.0.0.1", 9180)
+    exact = DestinationPolicy([Rule(action=ALLOW, network=net("127.0.0.1/32"))], own_endpoints=own)
+    assert allowed(exact, "127.0.0.1", 1080)
+
+
 def test_ipv6_forms_carrying_ipv4_are_decided_as_ipv4() -> None:
     assert effective_address(ip("::ffff:1.2.3.4")) == ip("1.2.3.4")
     assert effective_address(ip("::1.2.3.4")) == ip("1.2.3.4")
