@@ -76,7 +76,12 @@ def parse_networks(texts: Iterable[str], setting: str) -> tuple[IPNetwork, ...]:
 
 
 def default_workers() -> int:
-    return os.cpu_count() or 1
+    """The cores this process may run on: its CPU affinity (taskset, cpusets, containers
+    pinned to cores), which os.cpu_count() ignores."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on every platform (macOS)
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
