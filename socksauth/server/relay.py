@@ -1,9 +1,10 @@
 """Relay: splices two transports with flow control, half-close and byte counters.
 
-Each direction is a BufferedProtocol reading into a buffer it allocated once, writing to the
-other transport. When the other transport's write buffer passes its high-water mark asyncio
-pauses us (pause_writing) and we stop reading the source: memory per tunnel stays bounded
-whatever the speed difference between the two peers.
+Each direction is a BufferedProtocol reading into a buffer it allocates at its first read
+(16 KiB, the full relay_buffer_bytes once a read fills it), writing to the other transport.
+When the other transport's write buffer passes its high-water mark asyncio pauses us
+(pause_writing) and we stop reading the source: memory per tunnel stays bounded whatever the
+speed difference between the two peers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ class CloseReason(enum.Enum):
     TARGET_ERROR = "target_error"  # the target's connection failed
     SHUTDOWN = "shutdown"  # the server closed it
     IDLE_TIMEOUT = "idle_timeout"  # no byte either way for idle_timeout_seconds
+
+
+# The first read buffer of each direction (see _Direction.get_buffer).
+_FIRST_BUFFER_BYTES = 16 * 1024
 
 
 class _Direction(asyncio.BufferedProtocol):
@@ -69,7 +74,10 @@ class _Direction(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._view is None:
-            self._view = memoryview(bytearray(self._buffer_bytes))
+            # Most tunnels move a few KiB: a small first buffer comes from the heap, where
+            # relay_buffer_bytes (256 KiB) would be an mmap, zeroed pages and a munmap for
+            # each direction of each of them. A read that fills it brings the full size.
+            self._view = memoryview(bytearray(min(self._buffer_bytes, _FIRST_BUFFER_BYTES)))
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -83,7 +91,11 @@ class _Direction(asyncio.BufferedProtocol):
                 self.source.pause_reading()
             return
         self.sink.write(self._view[:nbytes])
-        if self.sink.get_write_buffer_size():
+        if nbytes == len(self._view) < self._buffer_bytes:
+            # A bulk transfer: read in full-size chunks from now on (a new buffer, as the
+            # sink may still hold the old one).
+            self._view = memoryview(bytearray(self._buffer_bytes))
+        elif self.sink.get_write_buffer_size():
             # The sink could not send it all at once and may keep a reference to our buffer
             # (Python 3.12+ queues memoryviews without copying): hand it over and read into a
             # fresh one. Only happens when the sink is backed up, not per chunk.
