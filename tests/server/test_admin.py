@@ -281,12 +281,14 @@ async def test_readyz_is_503_while_the_proxy_stops_listening(
         assert (await get(f"{served.admin}/healthz")).status_code == 200
 
 
+# PostgreSQL only: a SQLite file cannot be taken from a connection that has it open.
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
 async def test_readyz_is_503_and_database_errors_count_once_the_database_is_gone(
     database_url: str, user_store: SqlUserStore
 ) -> None:
     url = make_url(database_url)
-    if url.get_backend_name() != "postgresql":
-        pytest.skip("a SQLite file cannot be taken from a connection that has it open")
     async with serving(database_url) as served:
         assert (await get(f"{served.admin}/readyz")).status_code == 200
         admin = create_async_engine(
