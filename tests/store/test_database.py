@@ -9,7 +9,13 @@ import pytest
 from sqlalchemy import text
 
 from socksauth.errors import ConfigError
-from socksauth.store.database import create_engine, default_sqlite_url, redact_url
+from socksauth.store.database import (
+    create_engine,
+    default_sqlite_url,
+    engine_options,
+    parse_url,
+    redact_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -76,3 +82,26 @@ def test_default_sqlite_url_falls_back_to_local_share(
     expected = tmp_path / ".local" / "share" / "socksauth" / "socksauth.sqlite3"
     assert url == f"sqlite+aiosqlite:///{expected}"
     assert expected.parent.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("url", "ssl_off"),
+    [
+        ("postgresql+asyncpg://postgres@127.0.0.1:5432/db", True),
+        ("postgresql+asyncpg://postgres@localhost/db", True),
+        ("postgresql+asyncpg://postgres@[::1]:5432/db", True),
+        ("postgresql+asyncpg://postgres@/db?host=/run/postgresql", True),
+        ("postgresql+asyncpg://postgres@127.0.0.1/db?ssl=require", False),
+        ("postgresql+asyncpg://postgres@db.internal.example/db", False),
+    ],
+)
+def test_postgresql_keeps_a_pool_and_skips_ssl_negotiation_only_on_this_machine(
+    url: str, ssl_off: bool
+) -> None:
+    options = engine_options(parse_url(url))
+    assert options["pool_size"] >= 10
+    assert (options.get("connect_args") == {"ssl": False}) is ssl_off
+
+
+def test_sqlite_engines_take_sqlalchemys_defaults() -> None:
+    assert engine_options(parse_url("sqlite+aiosqlite:///x.sqlite3")) == {}
