@@ -9,8 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
+import re
+import signal
 import socket
 import struct
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -247,6 +251,68 @@ def proxy_factory_for(database_url: str, store: SqlUserStore) -> ProxyFactory:
             await engine.dispose()
 
     return start
+
+
+# --- `socksauth serve --workers 2` as a process ------------------------------------------
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    """The pids of a supervisor's child processes (its workers), from /proc."""
+    try:
+        with open(f"/proc/{supervisor}/task/{supervisor}/children") as children:
+            return {int(pid) for pid in children.read().split()}
+    except FileNotFoundError:
+        return set()
+
+
+@dataclass
+class Supervisor:
+    process: asyncio.subprocess.Process
+    port: int
+    # The admin listener's base URL, when started with --admin-listen.
+    admin: str = ""
+
+    def worker_pids(self) -> set[int]:
+        return worker_pids(self.process.pid)
+
+
+async def serve_with_two_workers(database_url: str, *options: str) -> asyncio.subprocess.Process:
+    """`socksauth serve --workers 2` on a free loopback port, its log on a pipe."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "socksauth", "serve", "--workers", "2",
+        "--listen", "127.0.0.1:0", "--database-url", database_url, *options,
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def running_two_workers(database_url: str, *options: str) -> AsyncIterator[Supervisor]:
+    """A two-worker server (with ``options``) once it listens; killed, workers too, after."""
+    await allow_loopback_targets(database_url)  # the echo target listens on loopback
+    process = await serve_with_two_workers(database_url, *options)
+    assert process.stderr is not None
+    wants_admin = "--admin-listen" in options
+    port, admin = 0, ""
+    async with asyncio.timeout(30):
+        while not (port and (admin or not wants_admin)):
+            line = (await process.stderr.readline()).decode()
+            assert line, "the server exited before it listened"
+            if match := re.search(r"listening on 127\.0\.0\.1:(\d+) \(2 workers\)", line):
+                port = int(match.group(1))
+            if match := re.search(r"admin listener .* on (http://127\.0\.0\.1:\d+)", line):
+                admin = match.group(1)
+    drain = asyncio.create_task(process.stderr.read())
+    running = Supervisor(process, port, admin)
+    try:
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        for pid in running.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        drain.cancel()
 
 
 # --- fixtures (imported by the conftest.py files that use them) --------------------------------

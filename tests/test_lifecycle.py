@@ -34,6 +34,7 @@ from e2e import (
     request,
     user_store,  # noqa: F401  (fixture)
     with_timeout,
+    worker_pids,
 )
 
 from socksauth import app
@@ -575,11 +576,3 @@ async def test_a_worker_restarted_after_a_reload_reloads_too(
             await assert_serves_a_good_client(port, echo_server)
         serve.signal(signal.SIGTERM)
         assert await serve.exit_code() == 0
-
-
-def worker_pids(supervisor: int) -> set[int]:
-    try:
-        with open(f"/proc/{supervisor}/task/{supervisor}/children") as children:
-            return {int(pid) for pid in children.read().split()}
-    except FileNotFoundError:
-        return set()

@@ -14,10 +14,12 @@ import httpx
 import pytest
 from e2e import (
     EchoServer,
+    Supervisor,
     allow_loopback_targets,
     assert_serves_a_good_client,
     echo_server,  # noqa: F401  (fixture)
     eventually,
+    running_two_workers,
     user_store,  # noqa: F401  (fixture)
 )
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,55 +33,13 @@ ROUND_TRIP_BYTES = len(b"still serving?")
 CLIENTS = 20
 
 
-class Supervisor:
-    def __init__(self, process: asyncio.subprocess.Process, port: int, admin: str) -> None:
-        self.process = process
-        self.port = port
-        self.admin = admin
-
-    def worker_pids(self) -> set[int]:
-        children = f"/proc/{self.process.pid}/task/{self.process.pid}/children"
-        try:
-            with open(children) as file:
-                return {int(pid) for pid in file.read().split()}
-        except FileNotFoundError:
-            return set()
-
-
 @pytest.fixture
 async def supervisor(
     database_url: str,
     user_store: SqlUserStore,  # noqa: F811
 ) -> AsyncIterator[Supervisor]:
-    await allow_loopback_targets(database_url)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "socksauth", "serve", "--workers", "2",
-        "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-        "--database-url", database_url,
-        stdin=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stderr is not None
-    port, admin = 0, ""
-    async with asyncio.timeout(30):
-        while not (port and admin):
-            line = (await process.stderr.readline()).decode()
-            assert line, "the server exited before it listened"
-            if match := re.search(r"listening on 127\.0\.0\.1:(\d+) \(2 workers\)", line):
-                port = int(match.group(1))
-            if match := re.search(r"admin listener .* on (http://127\.0\.0\.1:\d+)", line):
-                admin = match.group(1)
-    drain = asyncio.create_task(process.stderr.read())
-    running = Supervisor(process, port, admin)
-    try:
+    async with running_two_workers(database_url, "--admin-listen", "127.0.0.1:0") as running:
         yield running
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        for pid in running.worker_pids():
-            os.kill(pid, signal.SIGKILL)
-        drain.cancel()
 
 
 async def scrape(admin: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
