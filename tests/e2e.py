@@ -445,6 +445,21 @@ async def login(
     assert await read_exactly(reader, 2) == b"\x01\x00"
 
 
+async def reply_to(
+    port: int,
+    host: str,
+    target_port: int,
+    command: int = CONNECT,
+    user: str = ALICE,
+    password: str = ALICE_PASSWORD,
+) -> int:
+    """The REP of the proxy's reply to one request; the connection is closed after it."""
+    async with raw_connection(port) as (reader, writer):
+        await login(reader, writer, user, password)
+        writer.write(request(host, target_port, command))
+        return (await read_reply(reader)).reply
+
+
 async def open_tunnel(
     port: int, target_host: str, target_port: int
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, CommandReply]:

@@ -19,7 +19,6 @@ from e2e import (
     BIND,
     BOB,
     BOB_PASSWORD,
-    CONNECT,
     UDP_ASSOCIATE,
     USERNAME_PASSWORD,
     WAIT_SECONDS,
@@ -33,6 +32,7 @@ from e2e import (
     login,
     read_exactly,
     read_reply,
+    reply_to,
     request,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -61,21 +61,6 @@ async def client(port: int, source: str = "127.0.0.1") -> AsyncIterator[Stream]:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
-
-
-async def reply_to(
-    port: int,
-    host: str,
-    target_port: int,
-    command: int = CONNECT,
-    user: str = ALICE,
-    password: str = ALICE_PASSWORD,
-) -> int:
-    """The REP of the proxy's reply to one request; the connection is closed after it."""
-    async with client(port) as (reader, writer):
-        await login(reader, writer, user, password)
-        writer.write(request(host, target_port, command))
-        return (await read_reply(reader)).reply
 
 
 @contextlib.asynccontextmanager

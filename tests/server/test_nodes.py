@@ -23,6 +23,7 @@ from e2e import (
     read_exactly,
     read_reply,
     read_until_closed,
+    reply_to,
     request,
 )
 from sqlalchemy import text
@@ -71,20 +72,13 @@ async def test_a_rule_added_anywhere_applies_on_every_node_within_2_seconds(
 ) -> None:
     async with two_nodes(start_proxy) as (a, b):
         for node in (a, b):
-            assert await connect_reply(node.port, echo_server) == 0x00
+            assert await reply_to(node.port, echo_server.host, echo_server.port) == 0x00
         await SqlRuleStore(engine).add_rule(
             NewRule(action="deny", cidr=f"{echo_server.host}/32"), position=1
         )
         assert max(await a.caught_up(), await b.caught_up()) < 2.0
         for node in (a, b):
-            assert await connect_reply(node.port, echo_server) == 0x02
-
-
-async def connect_reply(port: int, echo: EchoServer) -> int:
-    async with raw_connection(port) as (reader, writer):
-        await login(reader, writer)
-        writer.write(request(echo.host, echo.port))
-        return (await read_reply(reader)).reply
+            assert await reply_to(node.port, echo_server.host, echo_server.port) == 0x02
 
 
 async def test_a_per_user_connection_limit_holds_across_nodes(
@@ -99,13 +93,13 @@ async def test_a_per_user_connection_limit_holds_across_nodes(
             assert (await read_reply(reader)).reply == 0x00
         # Two open, one on each node: a third is refused on either.
         for node in (a, b):
-            assert await connect_reply(node.port, echo_server) == 0x02
+            assert await reply_to(node.port, echo_server.host, echo_server.port) == 0x02
         await tunnels.aclose()
         # The slots come back once the nodes have written the releases (in the background).
         replies: list[int] = []
 
         async def retry() -> bool:
-            replies.append(await connect_reply(b.port, echo_server))
+            replies.append(await reply_to(b.port, echo_server.host, echo_server.port))
             return replies[-1] == 0x00
 
         for _ in range(40):
