@@ -26,7 +26,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -78,16 +78,7 @@ class SqlConnectionLeases:
                         select(UserRow.id).where(UserRow.username == username).with_for_update()
                     )
                 await self._add(conn, username, now)
-                total = await conn.scalar(
-                    select(func.coalesce(func.sum(ConnectionLeaseRow.connections), 0)).where(
-                        ConnectionLeaseRow.username == username,
-                        or_(
-                            ConnectionLeaseRow.node == self._node,
-                            ConnectionLeaseRow.renewed_at >= now - self._stale_after,
-                        ),
-                    )
-                )
-                if int(total or 0) > limit:
+                if await self._total(conn, username, now) > limit:
                     raise _OverLimit
         except _OverLimit:
             return False
@@ -156,16 +147,21 @@ class SqlConnectionLeases:
 
     async def count(self, username: str) -> int:
         """Connections of ``username`` on all live nodes (for tests and the CLI)."""
-        since = datetime.now(UTC) - self._stale_after
         async with self._engine.connect() as conn:
-            total = await conn.scalar(
-                select(func.coalesce(func.sum(ConnectionLeaseRow.connections), 0)).where(
-                    and_(
-                        ConnectionLeaseRow.username == username,
-                        ConnectionLeaseRow.renewed_at >= since,
-                    )
-                )
+            return await self._total(conn, username, datetime.now(UTC))
+
+    async def _total(self, conn: AsyncConnection, username: str, now: datetime) -> int:
+        """The connections of ``username`` that count at ``now``: this node's, and those of
+        every node that renewed its rows within ``stale_after_seconds``."""
+        total = await conn.scalar(
+            select(func.coalesce(func.sum(ConnectionLeaseRow.connections), 0)).where(
+                ConnectionLeaseRow.username == username,
+                or_(
+                    ConnectionLeaseRow.node == self._node,
+                    ConnectionLeaseRow.renewed_at >= now - self._stale_after,
+                ),
             )
+        )
         return int(total or 0)
 
     async def _run(self) -> None:
