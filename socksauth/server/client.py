@@ -348,7 +348,7 @@ class ClientConnection:
                 return record
             # From here record.client_host is the client's own address, also behind a load
             # balancer: admission, trust, throttling, audit and UDP all use it.
-            self._admit(record.client_host)
+            await self._admit(record.client_host, deadline)
             request = await self._handshake(transport, record.client_host, record, deadline)
             if request is not None:
                 if self._slot is not None:
@@ -405,12 +405,31 @@ class ClientConnection:
             self._observer.finished(record)
         return record
 
-    def _admit(self, client_host: str) -> None:
-        """Raises Refusal when this client may not even start a handshake."""
+    async def _admit(self, client_host: str, deadline: float) -> None:
+        """Returns once this client may start its handshake: at once, or when its address's
+        turn comes (server/limits.py), before the handshake deadline.
+
+        Raises:
+            Refusal: this client may not even start a handshake.
+            TimeoutError: it was still waiting at the deadline.
+        """
         if self._listener is not None and not self._listener.admits(client_host):
             raise Refusal(f"not in the client networks of {self._listener}")
-        if self._access is not None:
-            self._slot = self._access.connections.admit(client_host)
+        if self._access is None:
+            return
+        slot = self._slot = self._access.connections.admit(client_host)
+        if slot.started:
+            return
+        # Not read from while it waits: what it sends stays in the kernel's buffer.
+        started = asyncio.get_running_loop().create_future()
+
+        def start() -> None:
+            if not started.done():
+                started.set_result(None)
+
+        slot.when_started(start)
+        async with asyncio.timeout_at(deadline):
+            await started
 
     def end(self, reason: str) -> None:
         """End this client's tunnel, association or binding now (revoked account)."""

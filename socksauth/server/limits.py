@@ -1,11 +1,12 @@
-"""Admission limits: connections in total, clients still in the handshake (per address and in
-total), concurrent connections per user, and token buckets for bandwidth. Counting only: no
+"""Admission limits: connections in total (refused beyond), clients in the handshake (per
+address and in total; beyond, a client waits its turn), concurrent connections per user, and token buckets for bandwidth. Counting only: no
 I/O and no clock of their own (the token bucket is given one); per-user counts shared with
 other nodes go through the ConnectionLeases seam."""
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,11 +24,14 @@ class ConnectionCaps:
 
     # Every client connection, from accept to close.
     max_connections: int | None = 10_000
-    # Clients that have not finished authenticating: they cost memory and, while their
-    # password is verified, 19 MiB and a core each; an attacker opens these for free.
+    # Clients in the handshake at once (not yet authenticated): they cost memory and, while
+    # their password is verified, 19 MiB and a core each; an attacker opens these for free.
+    # Clients beyond it wait (accepted, not read from) until one finishes; they are refused
+    # only beyond max_connections, and closed at their handshake deadline.
     max_unauthenticated: int | None = 1_000
-    # The same per client address (IPv6 by /64); also bounds how many wrong passwords one
-    # address has in flight before the login throttle sees them fail.
+    # The same per client address (IPv6 by /64), so one address's flood cannot take every
+    # handshake slot; its further clients wait their turn. Also bounds how many wrong
+    # passwords one address has in flight before the login throttle sees them fail.
     max_unauthenticated_per_address: int | None = 32
 
     def __post_init__(self) -> None:
@@ -42,67 +46,111 @@ class Refusal(Exception):
 
 
 class ClientSlot:
-    """One admitted client's place in the counts; release it once, when the client is gone."""
+    """One accepted client's place in the counts; release it once, when the client is gone.
 
-    __slots__ = ("_address", "_limits", "_released", "_unauthenticated")
+    A slot starts *waiting* when its address (or the whole server) already has as many
+    clients in the handshake as the caps allow: the client is accepted but not read from
+    until ``started`` is true. ``when_started`` registers the one callback that says so.
+    """
+
+    __slots__ = ("_address", "_limits", "_on_start", "_released", "_unauthenticated", "started")
 
     def __init__(self, limits: ConnectionLimits, address: str) -> None:
         self._limits = limits
         self._address = address
         self._unauthenticated = True
         self._released = False
+        self._on_start: Callable[[], None] | None = None
+        self.started = False
+
+    def when_started(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once this waiting slot may start its handshake."""
+        self._on_start = callback
+
+    def _start(self) -> None:
+        self.started = True
+        if self._on_start is not None:
+            callback, self._on_start = self._on_start, None
+            callback()
 
     def authenticated(self) -> None:
         """The client is past authentication: it no longer counts as unauthenticated."""
-        if self._unauthenticated and not self._released:
+        if self._unauthenticated and not self._released and self.started:
             self._unauthenticated = False
             self._limits._leave_handshake(self._address)
 
     def release(self) -> None:
-        """The client is gone. Idempotent."""
+        """The client is gone (also while still waiting). Idempotent."""
         if self._released:
             return
         self.authenticated()
         self._released = True
+        self._on_start = None
         self._limits._leave(self)
 
 
 class ConnectionLimits:
-    """Counts clients at accept; ``admit`` refuses beyond the caps."""
+    """Counts clients at accept; ``admit`` refuses beyond max_connections and makes a client
+    wait beyond the handshake caps.
+
+    Waiting instead of refusing is what a busy rightful host needs: a crawler, a NAT'ed office
+    or a browser opens far more connections at once than the per-address cap, and each of
+    them completes in milliseconds once it may start. A waiting connection costs a socket and
+    a few small objects (no read buffer: it is not read from), is bounded by max_connections,
+    and is still closed at its handshake deadline. Slots that free up go to the waiting
+    addresses in turn (round robin), so one address's flood delays only itself.
+    """
 
     def __init__(self, caps: ConnectionCaps) -> None:
         self.caps = caps
         self.connections = 0
-        self.unauthenticated = 0
+        self.unauthenticated = 0  # clients in the handshake (started, not yet authenticated)
         self._unauthenticated_by_address: dict[str, int] = {}
+        # Addresses with waiting clients, in the order they get the next free slot.
+        self._waiting: OrderedDict[str, deque[ClientSlot]] = OrderedDict()
+        self.waiting = 0
 
     def admit(self, client_host: str) -> ClientSlot:
-        """A slot for a new client at ``client_host``.
+        """A slot for a new client at ``client_host``: started, or waiting for a start.
 
         Raises:
-            Refusal: a cap is reached; close the connection without a word (nothing the
-                client could send yet would change it).
+            Refusal: max_connections is reached; close the connection without a word
+                (nothing the client could send yet would change it).
         """
         caps = self.caps
         if caps.max_connections is not None and self.connections >= caps.max_connections:
             raise Refusal(f"{self.connections} connections (max_connections)")
-        if (
-            caps.max_unauthenticated is not None
-            and self.unauthenticated >= caps.max_unauthenticated
-        ):
-            raise Refusal(f"{self.unauthenticated} clients in the handshake (max_unauthenticated)")
-        address = address_key(client_host)
-        waiting = self._unauthenticated_by_address.get(address, 0)
-        per_address = caps.max_unauthenticated_per_address
-        if per_address is not None and waiting >= per_address:
-            raise Refusal(
-                f"{waiting} clients from {address} in the handshake "
-                "(max_unauthenticated_per_address)"
-            )
         self.connections += 1
+        address = address_key(client_host)
+        slot = ClientSlot(self, address)
+        if address not in self._waiting and self._may_start(address):
+            self._start(slot)
+        else:
+            self._waiting.setdefault(address, deque()).append(slot)
+            self.waiting += 1
+            if self._may_start(address):
+                # Only clients that left while waiting stood before it.
+                self._start_waiting()
+        return slot
+
+    def _may_start(self, address: str) -> bool:
+        caps = self.caps
+        if caps.max_unauthenticated is not None and (
+            self.unauthenticated >= caps.max_unauthenticated
+        ):
+            return False
+        per_address = caps.max_unauthenticated_per_address
+        return per_address is None or (
+            self._unauthenticated_by_address.get(address, 0) < per_address
+        )
+
+    def _start(self, slot: ClientSlot) -> None:
+        address = slot._address
         self.unauthenticated += 1
-        self._unauthenticated_by_address[address] = waiting + 1
-        return ClientSlot(self, address)
+        self._unauthenticated_by_address[address] = (
+            self._unauthenticated_by_address.get(address, 0) + 1
+        )
+        slot._start()
 
     def _leave_handshake(self, address: str) -> None:
         self.unauthenticated -= 1
@@ -111,9 +159,40 @@ class ConnectionLimits:
             self._unauthenticated_by_address[address] = remaining
         else:
             del self._unauthenticated_by_address[address]
+        if self._waiting:
+            self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        """Start waiting clients while the caps allow, one address at a time in turn."""
+        passed_over = 0
+        while self._waiting and passed_over < len(self._waiting):
+            address, queue = next(iter(self._waiting.items()))
+            while queue and queue[0]._released:
+                queue.popleft()  # gone while waiting (counted out in _leave)
+            if not queue:
+                del self._waiting[address]
+                continue
+            if not self._may_start(address):
+                if self.caps.max_unauthenticated is not None and (
+                    self.unauthenticated >= self.caps.max_unauthenticated
+                ):
+                    return  # the total cap: nobody can start
+                self._waiting.move_to_end(address)  # this address is at its own cap
+                passed_over += 1
+                continue
+            slot = queue.popleft()
+            self.waiting -= 1
+            if queue:
+                self._waiting.move_to_end(address)
+            else:
+                del self._waiting[address]
+            passed_over = 0
+            self._start(slot)
 
     def _leave(self, slot: ClientSlot) -> None:
         self.connections -= 1
+        if not slot.started:
+            self.waiting -= 1
 
     @property
     def addresses_in_handshake(self) -> int:

@@ -434,23 +434,54 @@ async def test_1000_silent_connections_end_at_the_handshake_deadline_and_the_ser
             await round_trip(stream)
 
 
-async def test_the_per_address_cap_refuses_silent_floods_while_others_are_served(
+@pytest.mark.slow
+async def test_a_silent_flood_waits_for_its_deadline_while_another_address_is_served_at_once(
     start_proxy: ProxyFactory, echo_server: EchoServer
 ) -> None:
-    raise_open_file_limit(1024)
-    async with start_proxy(max_unauthenticated_per_address=20) as proxy:
-        sockets = await open_silent(proxy.port, 100)
+    # Default caps: 1,000 connections from one address that never speak. 32 of them hold
+    # handshake slots, the rest wait; none is refused, all are closed at their deadline.
+    raise_open_file_limit(4096)
+    async with start_proxy(handshake_timeout_seconds=2.0) as proxy:
+        assert proxy.server.access is not None
+        limits = proxy.server.access.connections
+        sockets = await open_silent(proxy.port, 1000)
         try:
-            await eventually(lambda: proxy.server.active_clients <= 20, what="refusals")
-            # Someone else (127.0.0.2) still gets through at once.
+            await eventually(lambda: limits.connections == 1000, what="all accepted")
+            assert limits.unauthenticated == 32 and limits.waiting == 968
+            # Someone else (127.0.0.2) completes a whole exchange at once.
+            started = time.monotonic()
             async with client(proxy.port, "127.0.0.2") as (reader, writer):
                 await login(reader, writer)
                 writer.write(request(echo_server.host, echo_server.port))
                 assert (await read_reply(reader)).reply == 0x00
                 await round_trip((reader, writer))
+            assert time.monotonic() - started < 0.1
+            await wait_all_closed(sockets, 15.0)
         finally:
             for sock in sockets:
                 sock.close()
+        await eventually(lambda: limits.connections == 0, what="all clients gone")
+
+
+@pytest.mark.slow
+async def test_1000_exchanges_started_at_once_from_one_address_all_complete_at_defaults(
+    start_proxy: ProxyFactory, echo_server: EchoServer
+) -> None:
+    raise_open_file_limit(4096)
+    async with start_proxy() as proxy:
+
+        async def exchange() -> None:
+            async with client(proxy.port) as (reader, writer):
+                await login(reader, writer)
+                writer.write(request(echo_server.host, echo_server.port))
+                assert (await read_reply(reader)).reply == 0x00
+                await round_trip((reader, writer), b"x" * 32)
+
+        results = await asyncio.gather(
+            *(exchange() for _ in range(1000)), return_exceptions=True
+        )
+        errors = [result for result in results if result is not None]
+        assert errors == []
 
 
 async def test_a_listener_admits_only_its_client_networks(

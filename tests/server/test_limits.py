@@ -39,7 +39,7 @@ def test_total_connections_are_capped_and_released() -> None:
     assert limits.connections == 3
 
 
-def test_unauthenticated_clients_are_capped_per_address_and_in_total() -> None:
+def test_clients_beyond_the_handshake_caps_wait_and_start_as_slots_free() -> None:
     limits = ConnectionLimits(
         ConnectionCaps(
             max_connections=100, max_unauthenticated=5, max_unauthenticated_per_address=2
@@ -47,19 +47,58 @@ def test_unauthenticated_clients_are_capped_per_address_and_in_total() -> None:
     )
     first = limits.admit("192.0.2.1")
     limits.admit("192.0.2.1")
-    with pytest.raises(Refusal, match="per_address"):
-        limits.admit("192.0.2.1")
-    # Once authenticated a client no longer counts against its address ...
+    third = limits.admit("192.0.2.1")
+    assert (first.started, third.started) == (True, False)
+    started: list[str] = []
+    third.when_started(lambda: started.append("third"))
+    # Once authenticated a client no longer counts against its address: the waiting one starts.
     first.authenticated()
     first.authenticated()  # idempotent
-    limits.admit("192.0.2.1")
-    # ... but still counts as a connection.
-    assert (limits.connections, limits.unauthenticated) == (3, 2)
-    limits.admit("192.0.2.2")
-    limits.admit("192.0.2.3")
-    limits.admit("192.0.2.4")
-    with pytest.raises(Refusal, match="max_unauthenticated"):
-        limits.admit("192.0.2.5")
+    assert third.started and started == ["third"]
+    # All three still count as connections.
+    assert (limits.connections, limits.unauthenticated, limits.waiting) == (3, 2, 0)
+    others = [limits.admit(f"192.0.2.{n}") for n in (2, 3, 4)]
+    assert all(slot.started for slot in others)
+    # The total cap: a fresh address waits too, and starts when any handshake ends.
+    fifth = limits.admit("192.0.2.5")
+    assert not fifth.started and limits.waiting == 1
+    others[0].release()
+    assert fifth.started and limits.unauthenticated == 5
+
+
+def test_free_slots_go_to_waiting_addresses_in_turn() -> None:
+    limits = ConnectionLimits(
+        ConnectionCaps(
+            max_connections=None, max_unauthenticated=2, max_unauthenticated_per_address=None
+        )
+    )
+    running = [limits.admit("192.0.2.1"), limits.admit("192.0.2.1")]
+    flood = [limits.admit("192.0.2.1") for _ in range(50)]
+    late = limits.admit("198.51.100.7")
+    order: list[str] = []
+    for index, slot in enumerate(flood):
+        slot.when_started(lambda index=index: order.append(f"flood{index}"))
+    late.when_started(lambda: order.append("late"))
+    # The flood was first, but the other address gets the second free slot, not the 51st.
+    running[0].release()
+    running[1].release()
+    assert order == ["flood0", "late"]
+
+
+def test_a_client_that_leaves_while_waiting_is_counted_out_and_skipped() -> None:
+    limits = ConnectionLimits(
+        ConnectionCaps(
+            max_connections=10, max_unauthenticated=None, max_unauthenticated_per_address=1
+        )
+    )
+    running = limits.admit("192.0.2.1")
+    gone = limits.admit("192.0.2.1")
+    gone.release()
+    assert (limits.connections, limits.waiting) == (1, 0)
+    running.release()
+    # Nobody is in the handshake now: a new client starts at once, not behind the gone one.
+    assert limits.admit("192.0.2.1").started
+    assert (limits.connections, limits.unauthenticated, limits.waiting) == (1, 1, 0)
 
 
 def test_releasing_an_unauthenticated_slot_frees_both_counts() -> None:

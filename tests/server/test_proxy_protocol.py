@@ -209,10 +209,15 @@ async def test_unauthenticated_clients_are_counted_per_real_address_not_per_load
         async with connection_from(proxy.port) as (reader, writer):
             writer.write(v1_header("203.0.113.8", 2, proxy.port) + greeting(USERNAME_PASSWORD))
             assert await read_exactly(reader, 2) == b"\x05\x02"
-        # ... but a second handshake from the first client's address is.
+        # ... but a second handshake from the first client's address waits its turn:
         async with connection_from(proxy.port) as (reader, writer):
             writer.write(v1_header(CLIENT, 3, proxy.port) + greeting(USERNAME_PASSWORD))
-            await closed_without_a_word(reader)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await reader.read(1)
+            # ... and starts when the first client's handshake ends.
+            first.close()
+            assert await read_exactly(reader, 2) == b"\x05\x02"
 
 
 async def test_udp_datagrams_are_accepted_from_the_address_in_the_header(
