@@ -1,7 +1,7 @@
 """Admission limits: connections in total (refused beyond), clients in the handshake (per
-address and in total; beyond, a client waits its turn), concurrent connections per user, and token buckets for bandwidth. Counting only: no
-I/O and no clock of their own (the token bucket is given one); per-user counts shared with
-other nodes go through the ConnectionLeases seam."""
+address and in total; beyond, a client waits its turn), concurrent connections per user, and
+token buckets for bandwidth. Counting only: no I/O and no clock of their own (the token bucket
+is given one); per-user counts shared with other nodes go through the ConnectionLeases seam."""
 
 from __future__ import annotations
 
