@@ -133,13 +133,15 @@ class ConnectionLimits:
                 self._start_waiting()
         return slot
 
+    def _handshakes_full(self) -> bool:
+        """Whether max_unauthenticated clients are in the handshake: nobody may start."""
+        limit = self.caps.max_unauthenticated
+        return limit is not None and self.unauthenticated >= limit
+
     def _may_start(self, address: str) -> bool:
-        caps = self.caps
-        if caps.max_unauthenticated is not None and (
-            self.unauthenticated >= caps.max_unauthenticated
-        ):
+        if self._handshakes_full():
             return False
-        per_address = caps.max_unauthenticated_per_address
+        per_address = self.caps.max_unauthenticated_per_address
         return per_address is None or (
             self._unauthenticated_by_address.get(address, 0) < per_address
         )
@@ -173,10 +175,8 @@ class ConnectionLimits:
                 del self._waiting[address]
                 continue
             if not self._may_start(address):
-                if self.caps.max_unauthenticated is not None and (
-                    self.unauthenticated >= self.caps.max_unauthenticated
-                ):
-                    return  # the total cap: nobody can start
+                if self._handshakes_full():
+                    return
                 self._waiting.move_to_end(address)  # this address is at its own cap
                 passed_over += 1
                 continue
