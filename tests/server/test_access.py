@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import resource
 import socket
 import time
@@ -441,21 +442,31 @@ async def test_a_silent_flood_waits_for_its_deadline_while_another_address_is_se
     # Default caps: 1,000 connections from one address that never speak. 32 of them hold
     # handshake slots, the rest wait; none is refused, all are closed at their deadline.
     raise_open_file_limit(4096)
+
+    async def exchange_from_another_address() -> float:
+        started = time.monotonic()
+        async with client(proxy.port, "127.0.0.2") as (reader, writer):
+            await login(reader, writer)
+            writer.write(request(echo_server.host, echo_server.port))
+            assert (await read_reply(reader)).reply == 0x00
+            await round_trip((reader, writer))
+        return time.monotonic() - started
+
     async with start_proxy(handshake_timeout_seconds=2.0) as proxy:
         assert proxy.server.access is not None
         limits = proxy.server.access.connections
+        # The first login of a user pays one argon2 verification (tens of ms, more on a loaded
+        # CI machine); that cost is not admission's, so it is paid before the flood.
+        await exchange_from_another_address()
         sockets = await open_silent(proxy.port, 1000)
         try:
             await eventually(lambda: limits.connections == 1000, what="all accepted")
             assert limits.unauthenticated == 32 and limits.waiting == 968
+            # The test process has the whole suite's garbage on its heap; a full collection
+            # during the timed exchange would measure pytest, not the proxy.
+            gc.collect()
             # Someone else (127.0.0.2) completes a whole exchange at once.
-            started = time.monotonic()
-            async with client(proxy.port, "127.0.0.2") as (reader, writer):
-                await login(reader, writer)
-                writer.write(request(echo_server.host, echo_server.port))
-                assert (await read_reply(reader)).reply == 0x00
-                await round_trip((reader, writer))
-            assert time.monotonic() - started < 0.1
+            assert await exchange_from_another_address() < 0.1
             await wait_all_closed(sockets, 15.0)
         finally:
             for sock in sockets:
