@@ -115,7 +115,7 @@ class ProxyServer:
                 key = (address.host, address.port) if address else sock.getsockname()[:2]
                 listener = self._listeners.setdefault(key, _Listener(address))
                 accept = functools.partial(self._accept, listener)
-                listener.servers.append(await loop.create_server(accept, sock=sock))
+                listener.servers.append(await _serve_on(loop, accept, sock))
         else:
             for address in self._settings.listen:
                 key = (address.host, address.port)
@@ -134,7 +134,7 @@ class ProxyServer:
             if self._listen_sockets:
                 one = dataclasses.replace(settings, listen=(address,))
                 for sock in bind_listeners(one, 1)[0]:
-                    listener.servers.append(await loop.create_server(accept, sock=sock))
+                    listener.servers.append(await _serve_on(loop, accept, sock))
             else:
                 listener.servers.append(
                     await loop.create_server(
@@ -364,3 +364,15 @@ async def _wait_for(
         for watcher in watchers:
             watcher.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
+
+
+async def _serve_on(
+    loop: asyncio.AbstractEventLoop, accept: Callable[[], asyncio.BaseProtocol], sock: socket.socket
+) -> asyncio.Server:
+    """Serve on a socket already bound.
+
+    create_server listens again on a given socket, with a backlog of 100 unless told: a
+    burst of connections beyond that (a crawler opening 200 at once) loses SYNs, and each
+    lost one costs its client a 1 s retransmission.
+    """
+    return await loop.create_server(accept, sock=sock, backlog=LISTEN_BACKLOG)
