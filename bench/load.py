@@ -6,6 +6,8 @@ Every job is bounded in count and in time. Jobs:
   idle_open / idle_check / idle_close   hold N tunnels open, then prove each still works
   probe_start / probe_stop   background probes (an established tunnel's echo RTT, warm logins)
   storm       many different users log in at once (cold logins), once each
+  busy_echo   N tunnels opened at once from one address, each echoes a payload (busy host)
+  flood_open / flood_close   N connections that never speak, held open (a silent flood)
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -123,6 +126,7 @@ class Worker:
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.idle: list[Any] = []
+        self.silent: list[socket.socket] = []
         self.probes: dict[str, Any] = {}
 
     async def throughput(
@@ -220,6 +224,78 @@ class Worker:
         async with asyncio.timeout(seconds):
             await asyncio.gather(*(one() for _ in range(count)))
         return {"open": len(self.idle), "errors": dict(errors), "seconds": time.monotonic() - start}
+
+    async def busy_echo(
+        self,
+        route: Route,
+        target: tuple[str, int],
+        tunnels: int,
+        payload_bytes: int,
+        seconds: float,
+    ) -> dict[str, Any]:
+        """``tunnels`` tunnels started at once, each echoing ``payload_bytes`` then closing."""
+        payload = bytes(range(256)) * (payload_bytes // 256)
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+
+        async def one() -> None:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(seconds):
+                    sock = await open_connection(self.loop, route, target)
+                    try:
+                        await self.loop.sock_sendall(sock, payload)
+                        if await recv_exactly(self.loop, sock, len(payload)) != payload:
+                            raise ConnectionError("echo mismatch")
+                    finally:
+                        sock.close()
+                latencies.append(time.perf_counter() - started)
+            except (OSError, TimeoutError) as error:
+                errors[_error_name(error)] += 1
+
+        start = time.monotonic()
+        await asyncio.gather(*(one() for _ in range(tunnels)))
+        return {
+            "completed": len(latencies),
+            "errors": dict(errors),
+            "seconds": time.monotonic() - start,
+            "latencies": latencies,
+        }
+
+    async def flood_open(
+        self, proxy: tuple[str, int], count: int, seconds: float
+    ) -> dict[str, Any]:
+        """``count`` TCP connections to the proxy that never send a byte, kept open."""
+        errors: Counter[str] = Counter()
+
+        async def one() -> None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await self.loop.sock_connect(sock, proxy)
+                self.silent.append(sock)
+            except OSError as error:
+                sock.close()
+                errors[_error_name(error)] += 1
+
+        async with asyncio.timeout(seconds):
+            await asyncio.gather(*(one() for _ in range(count)))
+        return {"open": len(self.silent), "errors": dict(errors)}
+
+    async def flood_close(self) -> dict[str, Any]:
+        """How many of the silent connections the proxy had already closed, then close all."""
+        closed_by_proxy = 0
+        for sock in self.silent:
+            try:
+                if sock.recv(1) == b"":
+                    closed_by_proxy += 1
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed_by_proxy += 1
+            sock.close()
+        count, self.silent = len(self.silent), []
+        return {"count": count, "closed_by_proxy": closed_by_proxy}
 
     async def idle_check(self, concurrency: int, seconds: float) -> dict[str, Any]:
         """One byte through each held tunnel and back (the target is the echo server)."""

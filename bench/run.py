@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import load, peers
+from bench.reference import ReferenceServer
 from bench.socks5 import Route
 from bench.target import (
     DEFAULT_PG_ADMIN,
@@ -48,7 +49,7 @@ from bench.target import (
 )
 
 GIB = 1 << 30
-METRICS = ("throughput", "exchange", "idle", "storm", "workers")
+METRICS = ("throughput", "exchange", "idle", "busy", "storm", "workers")
 PASSWORD = "bench-" + secrets.token_hex(8)
 # The server needs two descriptors per tunnel (client and target) plus a few of its own.
 SERVER_SPARE_FDS = 100
@@ -65,9 +66,15 @@ class Plan:
     exchange_clients: tuple[int, ...] = (1, 16, 128)
     exchange_seconds: float = 3.0
     exchange_max: int = 100_000
-    idle_counts: tuple[int, ...] = (1_000, 10_000)
-    # Below the server's default cap of 32 handshakes in progress per client address.
-    idle_concurrency: int = 24
+    idle_counts: tuple[int, ...] = (1_000, 5_000, 10_000)
+    # A busy host opens many at once; beyond the server's 32 handshakes per address they wait.
+    idle_concurrency: int = 200
+    busy_tunnels: int = 200
+    busy_payload_bytes: int = 64 << 10
+    busy_exchanges: int = 1_000
+    flood_connections: int = 1_000
+    # The silent flood is held past the server's default handshake deadline (10 s).
+    flood_hold_seconds: float = 11.0
     idle_seconds: float = 120.0
     storm_users: int = 200
     probe_interval_seconds: float = 0.01
@@ -85,6 +92,8 @@ QUICK = Plan(
     exchange_seconds=1.0,
     idle_counts=(200, 1_000),
     storm_users=50,
+    busy_exchanges=500,
+    flood_connections=500,
     quiet_seconds=1.5,
 )
 
@@ -311,6 +320,65 @@ class Bench:
                     f"{checked['errors'] or 0}, PSS {before} → {after} KiB"
                 )
 
+    # -- busy host -----------------------------------------------------------------------------
+    def busy(self, order: list[Subject], round_values: dict[str, dict[str, Any]]) -> None:
+        """One client address opening many connections at once, as a crawler or a NAT does."""
+        plan = self.plan
+        for subject in order:
+            values = round_values[subject.name]
+            for key, tunnels, payload in (
+                ("busy", plan.busy_tunnels, plan.busy_payload_bytes),
+                ("burst", plan.busy_exchanges, 32),
+            ):
+                result = self.client.call(
+                    "busy_echo",
+                    route=subject.route,
+                    target=self.echo,
+                    tunnels=tunnels,
+                    payload_bytes=payload,
+                    seconds=30.0,
+                )
+                values[f"{key}_completed"] = result["completed"]
+                values[f"{key}_errors"] = sum(result["errors"].values())
+                values[f"{key}_seconds"] = result["seconds"]
+                values[f"{key}_p99"] = percentile(result["latencies"], 0.99) * 1e3
+                self.say(
+                    f"  {subject.name:>12} {tunnels} at once ({payload} B echo): "
+                    f"{result['completed']} in {result['seconds']:.2f} s, "
+                    f"errors {result['errors'] or 0}"
+                )
+            if subject.direct:
+                continue
+            # A silent flood from 127.0.0.1 while another address (127.0.0.2) is served.
+            proxy = subject.route.proxy
+            assert proxy is not None
+            started = time.monotonic()
+            flood = self.client2.call(
+                "flood_open", proxy=proxy, count=plan.flood_connections, seconds=30.0
+            )
+            try:
+                other = Route(proxy, subject.route.user, subject.route.password, "127.0.0.2")
+                result = self.client.call(
+                    "exchange",
+                    route=other,
+                    target=self.echo,
+                    clients=1,
+                    seconds=2.0,
+                    max_count=50,
+                )
+                values["flood_other_p99"] = percentile(result["latencies"], 0.99) * 1e3
+                values["flood_other_errors"] = sum(result["errors"].values())
+                time.sleep(max(0.0, plan.flood_hold_seconds - (time.monotonic() - started)))
+            finally:
+                closed = self.client2.call("flood_close")
+            values["flood_closed"] = closed["closed_by_proxy"] / max(1, closed["count"])
+            self.say(
+                f"  {subject.name:>12} silent flood {flood['open']}: another address "
+                f"p99 {values['flood_other_p99']:.2f} ms, errors {result['errors'] or 0}; "
+                f"{closed['closed_by_proxy']} closed by the proxy after "
+                f"{plan.flood_hold_seconds:.0f} s"
+            )
+
     # -- cold-login storm ----------------------------------------------------------------------
     def _probe(self, subject: Subject, during: Callable[[], dict[str, Any] | None]) -> Any:
         self.client.call(
@@ -508,6 +576,41 @@ def _rows(plan: Plan) -> list[Row]:
         )
     rows += [
         Row(
+            "busy_completed",
+            f"busy host: {plan.busy_tunnels} tunnels at once, 64 KiB echo, completed",
+            "",
+            baseline=None,
+            target=f"{plan.busy_tunnels}",
+            check=lambda v, r, m: v == plan.busy_tunnels,
+        ),
+        Row("busy_seconds", f"busy host: {plan.busy_tunnels} tunnels take", "s"),
+        Row("busy_p99", "busy host: tunnel p99", "ms"),
+        Row(
+            "burst_completed",
+            f"busy host: {plan.busy_exchanges} exchanges at once, completed",
+            "",
+            baseline=None,
+            target=f"{plan.busy_exchanges}",
+            check=lambda v, r, m: v == plan.busy_exchanges,
+        ),
+        Row("burst_seconds", f"busy host: {plan.busy_exchanges} exchanges take", "s"),
+        Row(
+            "flood_other_p99",
+            f"silent flood of {plan.flood_connections}: another address's exchange p99",
+            "ms",
+            baseline=None,
+            target="< 100 ms",
+            check=lambda v, r, m: v < 100,
+        ),
+        Row(
+            "flood_closed",
+            "silent flood: share closed by the proxy by the deadline",
+            "",
+            baseline=None,
+            target="1",
+            check=lambda v, r, m: v == 1,
+        ),
+        Row(
             "storm_tunnel_p99",
             "storm: tunnel echo p99 (vs quiet)",
             "ms",
@@ -644,6 +747,48 @@ def print_table(name: str, rows: list[dict[str, Any]], rounds: int) -> None:
         print(" | ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
+# What socksauth costs beyond a naive server on the same machine in the same rounds.
+VERSUS_REFERENCE = (
+    ("ex16_rate", "full exchange @16 (conn/s)"),
+    ("ex128_rate", "full exchange @128 (conn/s)"),
+    ("ex16_p99", "exchange p99 @16 (ms)"),
+    ("ex16_cpu", "server CPU per 1,000 conn @16 (s)"),
+    ("ex128_cpu", "server CPU per 1,000 conn @128 (s)"),
+    ("tp1_up", "1 tunnel up (MB/s)"),
+    ("tp1_down", "1 tunnel down (MB/s)"),
+    ("busy_seconds", "busy host: 200 tunnels take (s)"),
+    ("burst_seconds", "busy host: exchanges at once take (s)"),
+)
+
+
+def print_versus_reference(subject: Subject, reference: Subject) -> None:
+    """Per-round ratios socksauth ÷ reference, then their median [min..max]."""
+    lines = []
+    for key, label in VERSUS_REFERENCE:
+        pairs = [
+            (mine[key], theirs[key])
+            for mine, theirs in zip(subject.values, reference.values, strict=False)
+            if key in mine and key in theirs and theirs[key]
+        ]
+        if not pairs:
+            continue
+        lines.append(
+            (
+                label,
+                _fmt(_stats([t for _, t in pairs])),
+                _fmt(_stats([m for m, _ in pairs])),
+                _fmt(_stats([m / t for m, t in pairs]), ratio=True),
+            )
+        )
+    if not lines:
+        return
+    header = ("metric", "reference", subject.name, f"{subject.name} ÷ reference")
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+    print(f"\n== {subject.name} beside the naive asyncio-streams reference (bench/reference.py)")
+    for line in [header, tuple("-" * w for w in widths), *lines]:
+        print(" | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Main
 
@@ -696,6 +841,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra option for `socksauth serve`, repeatable (e.g. --server-arg=--workers=1)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="do not measure the naive asyncio-streams reference server (bench/reference.py)",
+    )
     args = parser.parse_args(argv)
     args.only = [m.strip() for m in args.only.split(",") if m.strip()]
     for metric in args.only:
@@ -718,6 +868,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = make_workdir()
     children: list[Child] = []
     subjects: list[Subject] = []
+    references: list[ReferenceServer] = []
     workers_note = ""
     try:
         peer = Child(peers.main, "bench-peers")
@@ -727,6 +878,15 @@ def main(argv: list[str] | None = None) -> int:
         children += clients
         bench = Bench(plan, ports, clients, log)
         direct = Subject("direct", Route())
+        reference: Subject | None = None
+        if not args.no_reference:
+            reference_server = ReferenceServer("bench", PASSWORD)
+            references.append(reference_server)
+            reference = Subject(
+                "reference",
+                Route(reference_server.address, "bench", PASSWORD),
+                pid=reference_server.pid,
+            )
 
         if args.proxy:
             subjects.append(
@@ -759,8 +919,9 @@ def main(argv: list[str] | None = None) -> int:
                 subject.pid = subject.server.pid
                 subject.route = Route(subject.server.address, "bench", PASSWORD)
 
+        measured = [*subjects, *([reference] if reference else [])]
         # Warm-up, not counted: logins cached, heaps grown, code paths hot.
-        for subject in [direct, *subjects]:
+        for subject in [direct, *measured]:
             clients[0].call(
                 "exchange",
                 route=subject.route,
@@ -779,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds=0.5,
             )
 
-        everyone = [direct, *subjects]
+        everyone = [direct, *measured]
         for round_ in range(plan.rounds):
             print(f"round {round_ + 1}/{plan.rounds}", file=log, flush=True)
             shift = round_ % len(everyone)
@@ -789,6 +950,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("throughput", lambda o=order, v=round_values: bench.throughput(o, v)),
                 ("exchange", lambda o=order, v=round_values: bench.exchange(o, v)),
                 ("idle", lambda o=order, v=round_values: bench.idle(o, v)),
+                ("busy", lambda o=order, v=round_values: bench.busy(o, v)),
                 ("storm", lambda o=order, v=round_values, r=round_: bench.storm(o, v, r)),
             ]
             for name, phase in phases:
@@ -827,10 +989,14 @@ def main(argv: list[str] | None = None) -> int:
             "direct": direct.values,
             "subjects": {},
         }
-        for subject in subjects:
+        for subject in measured:
             rows = summarise(subject, direct, plan)
             report["subjects"][subject.name] = {"rows": rows, "rounds": subject.values}
             print_table(subject.name, rows, plan.rounds)
+        if reference is not None:
+            report["reference"] = reference.values
+            for subject in subjects:
+                print_versus_reference(subject, reference)
         for note in report["notes"]:
             print(f"note: {note}")
         path = args.json or (
@@ -848,6 +1014,8 @@ def main(argv: list[str] | None = None) -> int:
                 subject.server.stop()
             if subject.database is not None:
                 subject.database.close()
+        for server in references:
+            server.stop()
         for child in children:
             child.close()
         if args.keep:

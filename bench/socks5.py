@@ -22,6 +22,7 @@ class Route:
     proxy: tuple[str, int] | None = None
     user: str = ""
     password: str = ""
+    source: str | None = None  # the client's own address (127.0.0.x), else the kernel's choice
 
 
 async def recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
@@ -75,6 +76,8 @@ async def open_connection(
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if route.source is not None:
+            sock.bind((route.source, 0))
         if route.proxy is None:
             await loop.sock_connect(sock, target)
         else:
