@@ -34,7 +34,7 @@ from socksauth import app
 from socksauth.audit import AuditLog, new_entry_id
 from socksauth.auth import accounts
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
-from socksauth.config import ListenAddress, Settings
+from socksauth.config import ListenAddress, Settings, verify_threads
 from socksauth.server.audit import AuditObserver
 from socksauth.server.client import ConnectionObserver
 from socksauth.server.listener import ProxyServer
@@ -197,7 +197,8 @@ async def proxy(
         engine = create_engine(url)
         stack.push_async_callback(engine.dispose)
         users = SqlUserStore(engine)
-        executor = ThreadPoolExecutor(max_workers=settings.password_verify_threads)
+        threads = verify_threads(settings.password_verify_threads, workers=1)
+        executor = ThreadPoolExecutor(max_workers=threads)
         stack.callback(executor.shutdown, wait=True)
         logins = await stack.enter_async_context(LoginRecorder(users))
         authenticator = Authenticator(users, executor, logins)

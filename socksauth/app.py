@@ -25,7 +25,7 @@ from socksauth.audit import AuditLog
 from socksauth.auth import passwords
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
 from socksauth.auth.user_cache import UserCache
-from socksauth.config import ListenAddress, Settings
+from socksauth.config import ListenAddress, Settings, verify_threads
 from socksauth.errors import ConfigError
 from socksauth.logs import get_logger
 from socksauth.server.access import Access
@@ -121,15 +121,17 @@ async def running_server(
         users = SqlUserStore(engine)
         # Logins read accounts from memory; the change feed (below) empties it on any change.
         cached_users = UserCache(users)
+        # A worker's settings carry its share already; one process has every core.
+        threads = verify_threads(settings.password_verify_threads, workers=1)
         executor = ThreadPoolExecutor(
-            max_workers=settings.password_verify_threads,
+            max_workers=threads,
             thread_name_prefix="verify",
             initializer=passwords.lower_thread_priority,
         )
         stack.callback(executor.shutdown, wait=True, cancel_futures=True)
         logins = await stack.enter_async_context(LoginRecorder(users))
         authenticator = Authenticator(
-            cached_users, executor, logins, max_concurrent=settings.password_verify_threads
+            cached_users, executor, logins, max_concurrent=threads
         )
         await authenticator.start()
         # Entered before the server, so it is flushed after the server has stopped and every
@@ -491,12 +493,12 @@ def serve_workers(
                     if other != index:
                         for sock in sockets:
                             sock.close()
-                worker_settings = dataclasses.replace(
-                    settings, node_name=f"{settings.node_name}/w{index}"
-                )
+                worker_settings = _for_worker(settings, index, workers)
                 worker_reload = None
                 if reload_settings is not None:
-                    worker_reload = functools.partial(_worker_settings, reload_settings, index)
+                    worker_reload = functools.partial(
+                        _worker_settings, reload_settings, index, workers
+                    )
 
                 async def catch_up(server: ProxyServer) -> None:
                     if reload_pending:
@@ -565,10 +567,20 @@ def serve_workers(
     return exit_code
 
 
-def _worker_settings(reload_settings: Callable[[], Settings], index: int) -> Settings:
-    """What a worker reloads: the settings read again, with its own audit node name."""
-    new = reload_settings()
-    return dataclasses.replace(new, node_name=f"{new.node_name}/w{index}")
+def _for_worker(settings: Settings, index: int, workers: int) -> Settings:
+    """A worker's settings: its own audit node name and its share of the verification threads."""
+    return dataclasses.replace(
+        settings,
+        node_name=f"{settings.node_name}/w{index}",
+        password_verify_threads=verify_threads(settings.password_verify_threads, workers),
+    )
+
+
+def _worker_settings(
+    reload_settings: Callable[[], Settings], index: int, workers: int
+) -> Settings:
+    """What a worker reloads: the settings read again, made that worker's."""
+    return _for_worker(reload_settings(), index, workers)
 
 
 async def _check_database(database_url: str) -> None:

@@ -84,6 +84,14 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def verify_threads(configured: int | None, workers: int) -> int:
+    """Password verification threads for each of ``workers`` processes: as configured, else
+    one machine-wide budget of one thread per core, divided among the workers (at least one)."""
+    if configured is not None:
+        return configured
+    return max(1, default_workers() // workers)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Everything `serve` needs. Validated on construction; build engines from it, not on it."""
@@ -96,7 +104,9 @@ class Settings:
     handshake_timeout_seconds: float = 10.0
     connect_timeout_seconds: float = 10.0
     # Argon2 needs ~19 MiB and one core per verification: more threads than cores only queue.
-    password_verify_threads: int = field(default_factory=default_workers)
+    # None: the machine's cores shared among the workers (verify_threads()), so N workers do
+    # not run N times as many hashes as there are cores and starve every event loop.
+    password_verify_threads: int | None = None
     relay_buffer_bytes: int = 256 * 1024
     # Names this process in the audit (several nodes may share a database); at start, rows
     # this node left open are closed as interrupted: give each process its own name.
@@ -164,7 +174,7 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}: must be at least 1 (or no limit)")
-        if self.password_verify_threads < 1:
+        if self.password_verify_threads is not None and self.password_verify_threads < 1:
             raise ConfigError("password_verify_threads: must be at least 1")
         if self.relay_buffer_bytes < 4096:
             raise ConfigError("relay_buffer_bytes: must be at least 4096")

@@ -272,9 +272,10 @@ OPTIONS: tuple[Option, ...] = (
            help="Seconds between reads of the store's change counter (the fallback when "
            "PostgreSQL notifications do not arrive)."),
     Option(name="password-verify-threads", field="password_verify_threads",
-           kind=Integer(minimum=1), metavar="N",
-           help="Threads verifying passwords at once (Argon2: one core each). [default: number "
-           "of CPU cores]"),
+           kind=Integer(minimum=1, zero_means_none=True), metavar="N",
+           help="Threads verifying passwords at once in each worker (Argon2: one core each). "
+           "0: the machine's cores shared among the workers, so that a storm of cold logins "
+           "leaves the event loops their CPU. [default: 0]"),
     Option(name="relay-buffer-bytes", field="relay_buffer_bytes", kind=Integer(minimum=4096),
            metavar="BYTES", help="Read buffer per direction of a tunnel."),
     Option(name="shutdown-grace", field="shutdown_grace_seconds", kind=Number(),

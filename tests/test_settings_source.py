@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from socksauth.config import ListenAddress
+from socksauth.config import ListenAddress, default_workers, verify_threads
 from socksauth.errors import ConfigError
 from socksauth.settings_source import (
     OPTIONS,
@@ -49,6 +49,19 @@ def test_zero_means_no_limit_in_a_file_too() -> None:
     given = parse_document({"max_connections": 0, "idle_timeout": 0}, "test")
     assert given["max_connections"].value is None
     assert given["idle_timeout_seconds"].value is None
+
+
+def test_verification_threads_are_one_machine_wide_budget_shared_by_the_workers() -> None:
+    cores = default_workers()
+    for workers in (1, 2, cores, 2 * cores):
+        share = verify_threads(None, workers)
+        assert share >= 1
+        # No more hashes at once than cores, however many workers (each needs a thread).
+        assert share * workers <= max(cores, workers)
+    assert verify_threads(None, 1) == cores
+    assert verify_threads(3, 2) == 3  # set explicitly: per worker, as given
+    given = parse_document({"password_verify_threads": 0}, "t")
+    assert given["password_verify_threads"].value is None
 
 
 def test_a_float_setting_takes_an_integer_but_not_a_boolean() -> None:
