@@ -130,9 +130,7 @@ async def running_server(
         )
         stack.callback(executor.shutdown, wait=True, cancel_futures=True)
         logins = await stack.enter_async_context(LoginRecorder(users))
-        authenticator = Authenticator(
-            cached_users, executor, logins, max_concurrent=threads
-        )
+        authenticator = Authenticator(cached_users, executor, logins, max_concurrent=threads)
         await authenticator.start()
         # Entered before the server, so it is flushed after the server has stopped and every
         # client's entry is in.
@@ -576,9 +574,7 @@ def _for_worker(settings: Settings, index: int, workers: int) -> Settings:
     )
 
 
-def _worker_settings(
-    reload_settings: Callable[[], Settings], index: int, workers: int
-) -> Settings:
+def _worker_settings(reload_settings: Callable[[], Settings], index: int, workers: int) -> Settings:
     """What a worker reloads: the settings read again, made that worker's."""
     return _for_worker(reload_settings(), index, workers)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -11,6 +12,24 @@ from socksauth.protocol.codes import AddressType
 from socksauth.protocol.errors import RemoteProtocolError
 
 _PORT = struct.Struct("!H")
+
+# Distinct strings remembered by ip_literal: a busy host's few client and target addresses
+# stay parsed; a flood of names only evicts (each entry is ~200 bytes).
+_PARSED_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=_PARSED_CACHE_SIZE)
+def ip_literal(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address, or None when it is not an IP literal (a domain name).
+
+    Cached: ipaddress parses in Python (~4 µs), and one connection asks about its client's and
+    its target's address several times (admission, policy, audit, reply); the answer for a
+    string never changes.
+    """
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +47,9 @@ class Address:
             if not 1 <= len(self.host.encode("utf-8", "surrogateescape")) <= 255:
                 raise ValueError("a domain name is 1 to 255 bytes long")
         else:
-            parsed = ipaddress.ip_address(self.host)
+            parsed = ip_literal(self.host)
+            if parsed is None:
+                raise ValueError(f"{self.host!r} is not an {self.type.name} address")
             expected = AddressType.IPV4 if parsed.version == 4 else AddressType.IPV6
             if expected is not self.type:
                 raise ValueError(f"{self.host!r} is not an {self.type.name} address")
@@ -36,9 +57,8 @@ class Address:
     @classmethod
     def from_host(cls, host: str, port: int) -> Address:
         """Classify ``host`` as IPv4, IPv6 or domain name."""
-        try:
-            parsed = ipaddress.ip_address(host)
-        except ValueError:
+        parsed = ip_literal(host)
+        if parsed is None:
             return cls(AddressType.DOMAINNAME, host, port)
         kind = AddressType.IPV4 if parsed.version == 4 else AddressType.IPV6
         return cls(kind, str(parsed), port)
@@ -54,7 +74,9 @@ class Address:
             name = self.host.encode("utf-8", "surrogateescape")
             body = bytes((len(name),)) + name
         else:
-            body = ipaddress.ip_address(self.host).packed
+            parsed = ip_literal(self.host)
+            assert parsed is not None  # checked when the Address was made
+            body = parsed.packed
         return bytes((self.type,)) + body + _PORT.pack(self.port)
 
     def __str__(self) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import ipaddress
 import socket
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from socksauth.protocol import (
     Reply,
     ServerConnection,
 )
+from socksauth.protocol.address import ip_literal
 from socksauth.protocol.events import ClientEvent
 from socksauth.protocol.proxy_header import (
     HeaderKind,
@@ -594,7 +594,8 @@ class ClientConnection:
         elif target.type is AddressType.DOMAINNAME:
             verdict = policy.check_request(username, command, target.host, target.port)
         else:
-            address = ipaddress.ip_address(target.host)
+            address = ip_literal(target.host)
+            assert address is not None  # an Address of type IPV4/IPV6 holds an IP literal
             if command is Command.BIND and address.is_unspecified:
                 verdict = policy.check_request(username, command, None, None)
             else:

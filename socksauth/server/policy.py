@@ -40,6 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from socksauth.protocol import Command
+from socksauth.protocol.address import ip_literal
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -223,10 +224,7 @@ def effective_address(address: IPAddress) -> IPAddress:
 
 def parse_address(host: str) -> IPAddress | None:
     """``host`` as an IP address (a zone index ``%eth0`` dropped), or None for a name."""
-    try:
-        return ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return None
+    return ip_literal(host.partition("%")[0])
 
 
 def _range(network: IPNetwork, port: int | None, reason: str) -> _Range:
