@@ -307,11 +307,15 @@ async def running_two_workers(database_url: str, *options: str) -> AsyncIterator
     try:
         yield running
     finally:
+        # Read before the supervisor dies: its children are listed under its own /proc entry.
+        workers = running.worker_pids()
         if process.returncode is None:
             process.kill()
-            await process.wait()
-        for pid in running.worker_pids():
-            os.kill(pid, signal.SIGKILL)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        # The workers hold the log pipe too: wait once they are gone as well.
+        await process.wait()
         drain.cancel()
 
 
