@@ -1,5 +1,6 @@
 """docs/architecture.md stays true: its module table lists every module under socksauth/ (and
-no module that is gone), the files and names it points at exist, and the README links it."""
+no module that is gone), the files and names it points at exist, the README links it and the
+sdist carries it."""
 
 from __future__ import annotations
 
