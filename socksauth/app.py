@@ -27,6 +27,7 @@ from socksauth.auth.authenticator import Authenticator, LoginRecorder
 from socksauth.auth.user_cache import UserCache
 from socksauth.config import ListenAddress, Settings
 from socksauth.errors import ConfigError
+from socksauth.health import describe
 from socksauth.logs import get_logger
 from socksauth.server.access import Access
 from socksauth.server.admin import AdminListener, Readiness, bind_admin_socket
@@ -263,8 +264,10 @@ async def reload_server(
     if server.access is not None:
         try:
             await server.access.load_rules()
-        except Exception:
-            log.exception("reload: could not re-read the rules; the rules in force stay")
+        except Exception as error:
+            log.warning(
+                "reload: could not re-read the rules; the rules in force stay: %s", describe(error)
+            )
     log.info("reloaded")
     return True
 

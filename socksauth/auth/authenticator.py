@@ -19,6 +19,7 @@ from socksauth.auth.accounts import validate_username
 from socksauth.auth.cache import VerificationCache
 from socksauth.auth.throttle import LoginThrottle
 from socksauth.errors import UserError
+from socksauth.health import Health, describe
 from socksauth.logs import get_logger
 from socksauth.store.interfaces import UserLookup, UserRecord
 
@@ -43,25 +44,36 @@ class LoginRecorder:
         self._clock = clock
         self._pending: dict[str, datetime] = {}
         self._task: asyncio.Task[None] | None = None
+        # A database outage costs two log lines, and retries back off (socksauth/health.py).
+        self.health = Health("recording last-login times", log)
 
     def record(self, username: str) -> None:
         self._pending[username] = self._clock()
 
     async def flush(self) -> None:
+        """Write the logins collected so far; on a database error they are kept for the next
+        round (a newer login of the same user wins) and the error is raised."""
         if not self._pending:
             return
         batch, self._pending = self._pending, {}
         try:
             await self._users.record_logins(batch)
         except Exception:
-            # A lost last-login time is not worth failing anything for; it is logged once
-            # and the next login records a newer time anyway.
-            log.exception("could not record last login of %d user(s)", len(batch))
+            # One entry per user at most: what waits stays as small as the user table.
+            for username, at in batch.items():
+                if username not in self._pending:
+                    self._pending[username] = at
+            raise
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as error:
+                await self.health.retry(error)
+            else:
+                self.health.succeeded()
 
     async def __aenter__(self) -> LoginRecorder:
         self._task = asyncio.create_task(self._run(), name="login-recorder")
@@ -76,7 +88,13 @@ class LoginRecorder:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as error:
+            # A lost last-login time is not worth failing a shutdown for.
+            log.warning(
+                "could not record last login of %d user(s): %s", len(self._pending), describe(error)
+            )
 
 
 class Authenticator:
