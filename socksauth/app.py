@@ -133,6 +133,7 @@ async def running_server(
             cached_users, executor, logins, max_concurrent=settings.password_verify_threads
         )
         await authenticator.start()
+        stack.callback(authenticator.close)
         # Entered before the server, so it is flushed after the server has stopped and every
         # client's entry is in.
         audit_log = await stack.enter_async_context(
@@ -152,9 +153,14 @@ async def running_server(
             async def readiness() -> str | None:
                 if not servers or not servers[0].listening:
                     return "the proxy is not listening"
-                return await migrate.readiness_problem(
+                problem = await migrate.readiness_problem(
                     engine, needed, READY_DATABASE_TIMEOUT_SECONDS
                 )
+                if problem is not None and problem.startswith("database:"):
+                    # Warm users are still served (/healthz stays 200); cold logins are
+                    # refused (store_unavailable): send new clients to another node.
+                    return f"{problem}; new logins cannot be checked"
+                return problem
 
             admin = await _enter_admin_listener(
                 stack, settings, admin_socket, measured, sampler, readiness

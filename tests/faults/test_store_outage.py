@@ -14,10 +14,13 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 from conftest import Cluster, Lines
 from e2e import (
     ALICE,
     ALICE_PASSWORD,
+    BOB,
+    BOB_PASSWORD,
     EchoServer,
     add_test_users,
     allow_loopback_targets,
@@ -34,6 +37,7 @@ from sqlalchemy.pool import NullPool
 from socksauth import app
 from socksauth.auth import accounts
 from socksauth.config import ListenAddress, Settings
+from socksauth.server.admin import bind_admin_socket
 from socksauth.server.listener import ProxyServer
 from socksauth.store import migrate
 from socksauth.store.audit import SqlAuditStore
@@ -263,3 +267,76 @@ async def test_sqlite_locked_longer_than_the_busy_timeout_costs_a_few_lines(
     assert figures["served"] >= 10
     assert lines.tracebacks() == []
     assert len(messages) <= 16, messages
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of GET ``path`` from the admin listener on 127.0.0.1:``port``."""
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        response = await client.get(f"http://127.0.0.1:{port}{path}")
+    return response.status_code, response.text
+
+
+async def cold_login(port: int, echo: EchoServer) -> bytes:
+    """bob, whose account is not in memory: what the proxy answers to his credentials, up
+    to its close (fails if it does not close)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(greeting(2) + credentials(BOB, BOB_PASSWORD) + request("127.0.0.1", echo.port))
+        assert await read_exactly(reader, 2) == b"\x05\x02"
+        async with asyncio.timeout(10):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_a_cold_login_during_an_outage_gets_the_rfc_1929_failure_and_is_audited(
+    cluster: Cluster, echo_server: EchoServer, lines: Lines
+) -> None:
+    admin_socket = bind_admin_socket(ListenAddress(host="127.0.0.1", port=0))
+    admin_port = admin_socket.getsockname()[1]
+    async with fresh_database(cluster) as url:
+        settings = settings_for(url, admin_listen=ListenAddress(host="127.0.0.1", port=admin_port))
+        async with app.running_server(settings, admin_socket=admin_socket) as server:
+            port = server.bound[0].port
+            reader, writer = await tunnel(port, echo_server)  # alice is warm
+            assert (await http_get(admin_port, "/readyz"))[0] == 200
+            lines.records.clear()
+            await asyncio.to_thread(cluster.stop)
+            try:
+                answers = [await cold_login(port, echo_server) for _ in range(20)]
+                warm_reader, warm_writer = await tunnel(port, echo_server)
+                await echo_once(warm_reader, warm_writer)
+                warm_writer.close()
+                await echo_once(reader, writer)
+                ready = await http_get(admin_port, "/readyz")
+                healthy = await http_get(admin_port, "/healthz")
+            finally:
+                await asyncio.to_thread(cluster.start)
+            writer.close()
+            await until_recovered(server, echo_server, lines)
+            # Back: bob logs in again.
+            _, bob_writer = await tunnel(port, echo_server, BOB, BOB_PASSWORD)
+            bob_writer.close()
+        engine = create_engine(url)
+        try:
+            refused = await SqlAuditStore(engine).find_entries(
+                AuditQuery(username=BOB, outcome="store_unavailable", limit=None)
+            )
+        finally:
+            await engine.dispose()
+    messages = lines.messages(logging.INFO)
+    summaries = [m for m in messages if "refused in the last" in m]
+    print(
+        f"\n20 cold logins during the outage: answers {set(answers)}, readyz {ready}, "
+        f"healthz {healthy}, {len(refused)} audit rows, summary lines {summaries}"
+    )
+    # RFC 1929 §2: VER 1, STATUS non-zero, then the server closes.
+    assert answers == [b"\x01\x01"] * 20
+    assert ready[0] == 503 and "new logins cannot be checked" in ready[1]
+    assert healthy == (200, "ok\n")
+    assert len(refused) == 20
+    assert summaries[0].startswith("1 login(s) refused in the last 60 s")
+    assert len(summaries) <= 2, summaries  # the first at once, the rest at shutdown
+    assert sum(int(m.split()[0]) for m in summaries) == 20
+    assert lines.tracebacks() == []
+    assert not any("unexpected error" in m for m in messages)
