@@ -19,6 +19,7 @@ from socksauth.server.limits import (
     UserConnections,
 )
 from socksauth.server.policy import COMMAND_NAMES, Action, DestinationPolicy, Rule
+from socksauth.server.relay import RelayBudget
 from socksauth.store.interfaces import (
     ChangeFeed,
     ConnectionLeases,
@@ -109,6 +110,8 @@ class Access:
         )
         self.user_connections = UserConnections(leases)
         self.bandwidth = Bandwidth()
+        # The relay memory all tunnels of this server share (server/relay.py).
+        self.relay_budget = RelayBudget(settings.relay_memory_budget_bytes)
         self._rules = rules
         self._users = users
         self.changes = changes
@@ -121,6 +124,7 @@ class Access:
         """Apply reloaded settings: admission caps (the clients already counted stay
         counted) and the private-network default of the policy."""
         self.settings = settings
+        self.relay_budget.limit_bytes = settings.relay_memory_budget_bytes
         self.connections.caps = ConnectionCaps(
             max_connections=settings.max_connections,
             max_unauthenticated=settings.max_unauthenticated,

@@ -681,6 +681,7 @@ class ClientConnection:
             self._settings.relay_buffer_bytes,
             buckets=None if self._access is None else self._access.bandwidth.buckets(self.user),
             idle_timeout_seconds=self._settings.idle_timeout_seconds,
+            budget=None if self._access is None else self._access.relay_budget,
         )
         try:
             target_transport, _ = await loop.create_connection(
