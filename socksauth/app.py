@@ -27,6 +27,7 @@ from socksauth.auth.authenticator import Authenticator, LoginRecorder
 from socksauth.auth.user_cache import UserCache
 from socksauth.config import ListenAddress, Settings, verify_threads
 from socksauth.errors import ConfigError
+from socksauth.health import describe
 from socksauth.logs import get_logger
 from socksauth.server.access import Access
 from socksauth.server.admin import AdminListener, Readiness, bind_admin_socket
@@ -132,6 +133,7 @@ async def running_server(
         logins = await stack.enter_async_context(LoginRecorder(users))
         authenticator = Authenticator(cached_users, executor, logins, max_concurrent=threads)
         await authenticator.start()
+        stack.callback(authenticator.close)
         # Entered before the server, so it is flushed after the server has stopped and every
         # client's entry is in.
         audit_log = await stack.enter_async_context(
@@ -151,9 +153,14 @@ async def running_server(
             async def readiness() -> str | None:
                 if not servers or not servers[0].listening:
                     return "the proxy is not listening"
-                return await migrate.readiness_problem(
+                problem = await migrate.readiness_problem(
                     engine, needed, READY_DATABASE_TIMEOUT_SECONDS
                 )
+                if problem is not None and problem.startswith("database:"):
+                    # Warm users are still served (/healthz stays 200); cold logins are
+                    # refused (store_unavailable): send new clients to another node.
+                    return f"{problem}; new logins cannot be checked"
+                return problem
 
             admin = await _enter_admin_listener(
                 stack, settings, admin_socket, measured, sampler, readiness
@@ -263,8 +270,10 @@ async def reload_server(
     if server.access is not None:
         try:
             await server.access.load_rules()
-        except Exception:
-            log.exception("reload: could not re-read the rules; the rules in force stay")
+        except Exception as error:
+            log.warning(
+                "reload: could not re-read the rules; the rules in force stay: %s", describe(error)
+            )
     log.info("reloaded")
     return True
 

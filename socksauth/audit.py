@@ -25,6 +25,7 @@ from typing import IO, Any
 from uuid import UUID
 
 from socksauth.errors import DatabaseError
+from socksauth.health import Health
 from socksauth.logs import get_logger
 from socksauth.store.interfaces import AuditEntry, AuditSink
 
@@ -97,8 +98,17 @@ class AuditLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._failing = False
-        self._backoff = flush_interval_seconds
+        # While the database is down: one line when it starts and one when it ends, and
+        # writes back off from flush_interval up to retry_max (socksauth/health.py).
+        self.health = Health(
+            "audit: writing to the database",
+            log,
+            base_seconds=flush_interval_seconds,
+            max_seconds=max(retry_max_seconds, flush_interval_seconds),
+        )
+        self._retry_in = flush_interval_seconds
+        self._spill_health = Health(f"audit: writing the spill file {spill_path}", log)
+        self._spill_retry_at = 0.0
         # Rows a crashed predecessor left open are closed once its spill file is replayed.
         self._interrupted_before: datetime | None = None
         self.queued = 0
@@ -116,7 +126,7 @@ class AuditLog:
     @property
     def failing(self) -> bool:
         """Whether the last write failed (entries are being kept, not written)."""
-        return self._failing
+        return self.health.failing
 
     def record(self, entry: AuditEntry) -> None:
         """Queue ``entry``; a later entry with the same id (its completion) replaces it."""
@@ -125,7 +135,9 @@ class AuditLog:
             self.coalesced += 1
         self._pending[entry.id] = entry
         pending = len(self._pending)
-        if pending >= self._memory_limit or (pending >= self._batch_size and not self._failing):
+        if pending >= self._memory_limit or (
+            pending >= self._batch_size and not self.health.failing
+        ):
             self._wake.set()
 
     async def flush(self) -> bool:
@@ -168,11 +180,11 @@ class AuditLog:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._closing:
-            deadline = loop.time() + (self._backoff if self._failing else self._interval)
+            deadline = loop.time() + (self._retry_in if self.health.failing else self._interval)
             while not self._closing:
                 if len(self._pending) >= self._memory_limit:
                     await self._spill()
-                if not self._failing and len(self._pending) >= self._batch_size:
+                if not self.health.failing and len(self._pending) >= self._batch_size:
                     break
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -214,36 +226,38 @@ class AuditLog:
             await self._sink.write_batch(batch)
         except (DatabaseError, OSError) as error:
             self.write_errors += 1
-            if not self._failing:
-                self._failing = True
+            if not self.health.failing:
                 log.warning(
-                    "audit database unavailable (%s): keeping entries in memory, then in %s",
-                    error,
+                    "audit: keeping entries in memory, then in %s, until the database is back",
                     self.spill_path,
                 )
-            self._backoff = min(self._backoff * 2, self._retry_max)
+            self._retry_in = self.health.failed(error)
             return False
-        if self._failing:
-            self._failing = False
-            self._backoff = self._interval
+        if self.health.failing:
+            self.health.succeeded()
             log.warning(
-                "audit database available again: %d buffered, %d in the spill file",
+                "audit: %d entries buffered, %d in the spill file, written from now on",
                 self.buffered,
                 self.spill_pending,
             )
         return True
 
     async def _spill(self) -> None:
+        now = time.monotonic()
+        if self._spill_health.failing and now < self._spill_retry_at:
+            return  # the spill file failed a moment ago: not at every new entry
         entries = list(self._pending.values())
         self._pending.clear()
         try:
             await asyncio.to_thread(_append, self.spill_path, entries)
-        except OSError:
-            # Nowhere to put them: keep them in memory rather than lose them.
+        except OSError as error:
+            # Nowhere to put them (disk full, no permission): keep them in memory rather than
+            # lose them; logged once until a spill works again.
             for entry in entries:
                 self._pending.setdefault(entry.id, entry)
-            log.exception("audit: cannot write the spill file %s", self.spill_path)
+            self._spill_retry_at = now + self._spill_health.failed(error)
             return
+        self._spill_health.succeeded()
         self.spilled += len(entries)
         self.spill_pending += len(entries)
         log.warning("audit: %d entries spilled to %s", len(entries), self.spill_path)

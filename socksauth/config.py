@@ -92,6 +92,15 @@ def verify_threads(configured: int | None, workers: int) -> int:
     return max(1, default_workers() // workers)
 
 
+def default_relay_memory_budget() -> int:
+    """A quarter of the machine's physical memory: room for the rest of the process (and
+    other processes) when many tunnels back up at once."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):  # not on every platform
+        return 1 << 30
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Everything `serve` needs. Validated on construction; build engines from it, not on it."""
@@ -108,6 +117,9 @@ class Settings:
     # not run N times as many hashes as there are cores and starve every event loop.
     password_verify_threads: int | None = None
     relay_buffer_bytes: int = 256 * 1024
+    # All tunnels' relay buffers (and what their sinks hold) together; beyond it the tunnels
+    # whose peers read slowest stop reading until those drain (server/relay.py). None: no cap.
+    relay_memory_budget_bytes: int | None = field(default_factory=default_relay_memory_budget)
     # Names this process in the audit (several nodes may share a database); at start, rows
     # this node left open are closed as interrupted: give each process its own name.
     node_name: str = field(default_factory=lambda: os.uname().nodename)

@@ -21,3 +21,8 @@ class UserError(SocksAuthError, ValueError):
 
 class DatabaseError(SocksAuthError, RuntimeError):
     """The database could not be reached or refused an operation; the message has no secrets."""
+
+
+class StoreUnavailable(DatabaseError):
+    """A client's handshake needed the store (a login not in memory) and it did not answer:
+    the client is refused with the RFC 1929 failure status, audited ``store_unavailable``."""

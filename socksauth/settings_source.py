@@ -278,6 +278,11 @@ OPTIONS: tuple[Option, ...] = (
            "leaves the event loops their CPU. [default: 0]"),
     Option(name="relay-buffer-bytes", field="relay_buffer_bytes", kind=Integer(minimum=4096),
            metavar="BYTES", help="Read buffer per direction of a tunnel."),
+    Option(name="relay-memory-budget-bytes", field="relay_memory_budget_bytes",
+           kind=Integer(minimum=0, zero_means_none=True), metavar="BYTES",
+           help="Relay memory of all tunnels together; beyond it, tunnels whose clients or "
+           "targets read slowly stop reading until those catch up. 0: no cap. [default: a "
+           "quarter of physical memory]"),
     Option(name="shutdown-grace", field="shutdown_grace_seconds", kind=Number(),
            metavar="SECONDS",
            help="At shutdown, how long tunnels get to end on their own before they are closed."),

@@ -18,7 +18,8 @@ from socksauth.auth import passwords
 from socksauth.auth.accounts import validate_username
 from socksauth.auth.cache import VerificationCache
 from socksauth.auth.throttle import LoginThrottle
-from socksauth.errors import UserError
+from socksauth.errors import DatabaseError, StoreUnavailable, UserError
+from socksauth.health import Health, Tally, describe
 from socksauth.logs import get_logger
 from socksauth.store.interfaces import UserLookup, UserRecord
 
@@ -43,25 +44,36 @@ class LoginRecorder:
         self._clock = clock
         self._pending: dict[str, datetime] = {}
         self._task: asyncio.Task[None] | None = None
+        # A database outage costs two log lines, and retries back off (socksauth/health.py).
+        self.health = Health("recording last-login times", log)
 
     def record(self, username: str) -> None:
         self._pending[username] = self._clock()
 
     async def flush(self) -> None:
+        """Write the logins collected so far; on a database error they are kept for the next
+        round (a newer login of the same user wins) and the error is raised."""
         if not self._pending:
             return
         batch, self._pending = self._pending, {}
         try:
             await self._users.record_logins(batch)
         except Exception:
-            # A lost last-login time is not worth failing anything for; it is logged once
-            # and the next login records a newer time anyway.
-            log.exception("could not record last login of %d user(s)", len(batch))
+            # One entry per user at most: what waits stays as small as the user table.
+            for username, at in batch.items():
+                if username not in self._pending:
+                    self._pending[username] = at
+            raise
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as error:
+                await self.health.retry(error)
+            else:
+                self.health.succeeded()
 
     async def __aenter__(self) -> LoginRecorder:
         self._task = asyncio.create_task(self._run(), name="login-recorder")
@@ -76,7 +88,13 @@ class LoginRecorder:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as error:
+            # A lost last-login time is not worth failing a shutdown for.
+            log.warning(
+                "could not record last login of %d user(s): %s", len(self._pending), describe(error)
+            )
 
 
 class Authenticator:
@@ -102,17 +120,29 @@ class Authenticator:
         self._verifying = asyncio.Semaphore(max_concurrent)
         self._clock = clock
         self._dummy_hash: str | None = None
+        # Logins refused because the account could not be looked up: a line a minute.
+        self.refused = Tally(
+            "%d login(s) refused in the last %g s: the store is unavailable (%s)", log
+        )
 
     async def start(self) -> None:
         """Compute the dummy hash once, before the first client can time a rejection."""
         loop = asyncio.get_running_loop()
         self._dummy_hash = await loop.run_in_executor(self._executor, passwords.dummy_hash)
 
+    def close(self) -> None:
+        """Write the last summary of refused logins (at shutdown)."""
+        self.refused.close()
+
     async def authenticate(
         self, username: str, password: str, client_host: str = ""
     ) -> UserRecord | None:
         """The user if the password is right and the account enabled and not expired, else
-        None; also None, without verifying, while ``client_host`` is locked out for it."""
+        None; also None, without verifying, while ``client_host`` is locked out for it.
+
+        Raises:
+            StoreUnavailable: the account is not in memory and the store did not answer.
+        """
         if self._dummy_hash is None:
             await self.start()
         assert self._dummy_hash is not None
@@ -124,7 +154,12 @@ class Authenticator:
         # A name no account can have (NUL, other control characters, bytes that are not
         # UTF-8) is an unknown user without asking the database, which may refuse to even
         # compare it (PostgreSQL rejects NUL in text). Found by tests/server/test_fuzz.py.
-        user = await self._users.get_user(username) if _could_be_account(username) else None
+        try:
+            user = await self._users.get_user(username) if _could_be_account(username) else None
+        except DatabaseError as error:
+            # Not the client's fault: no throttle penalty; one summary line a minute.
+            self.refused.add(str(error))
+            raise StoreUnavailable(str(error)) from None
         usable = user is not None and user.enabled and not user.expired(self._clock())
         stored_hash = user.password_hash if user is not None and usable else self._dummy_hash
         if usable and self._cache.contains(username, stored_hash, password):

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
 from socksauth.config import Settings
+from socksauth.health import Health
 from socksauth.logs import get_logger
 from socksauth.server.limits import (
     ConnectionCaps,
@@ -18,6 +19,7 @@ from socksauth.server.limits import (
     UserConnections,
 )
 from socksauth.server.policy import COMMAND_NAMES, Action, DestinationPolicy, Rule
+from socksauth.server.relay import RelayBudget
 from socksauth.store.interfaces import (
     ChangeFeed,
     ConnectionLeases,
@@ -108,6 +110,8 @@ class Access:
         )
         self.user_connections = UserConnections(leases)
         self.bandwidth = Bandwidth()
+        # The relay memory all tunnels of this server share (server/relay.py).
+        self.relay_budget = RelayBudget(settings.relay_memory_budget_bytes)
         self._rules = rules
         self._users = users
         self.changes = changes
@@ -120,6 +124,7 @@ class Access:
         """Apply reloaded settings: admission caps (the clients already counted stay
         counted) and the private-network default of the policy."""
         self.settings = settings
+        self.relay_budget.limit_bytes = settings.relay_memory_budget_bytes
         self.connections.caps = ConnectionCaps(
             max_connections=settings.max_connections,
             max_unauthenticated=settings.max_unauthenticated,
@@ -220,17 +225,18 @@ async def watch(
     changed = asyncio.Event()
     feed = access.changes
     next_full_check = None if interval_seconds is None else loop.time() + interval_seconds
-    listen_failed = False
+    # While the store is down each loop backs off and logs its outage once (socksauth/health.py).
+    store = Health("re-reading rules and accounts", log)
+    listening = Health("listening for changes (polling meanwhile)", log)
     while True:
         if feed is not None:
             # Cheap while the subscription is alive; after a lost connection, subscribes anew.
             try:
                 await feed.listen(changed.set)
-                listen_failed = False
-            except Exception:
-                if not listen_failed:
-                    log.exception("could not listen for changes; polling meanwhile")
-                listen_failed = True
+                listening.succeeded()
+            except Exception as error:
+                # The poll below covers it; the wait (or the store's back-off) paces retries.
+                listening.failed(error)
         deadlines = [loop.time() + poll_seconds] if feed is not None else []
         if next_full_check is not None:
             deadlines.append(next_full_check)
@@ -239,27 +245,45 @@ async def watch(
                 await changed.wait()
         changed.clear()
         try:
-            stale = await access.check_changes()
-            due = next_full_check is not None and loop.time() >= next_full_check
-            if not (stale or due):
-                continue
-            if due:
-                assert interval_seconds is not None
-                next_full_check = loop.time() + interval_seconds
-                await access.load_rules()
-            if interval_seconds is None:
-                continue
-            connections = list(live())
-            stored = await access.current_users(user.username for user, _ in connections)
-        except Exception:
-            # The database is away: keep the rules and connections as they are, say so once
-            # a round, and try again.
-            log.exception("could not re-read rules and accounts")
+            connections = await _check_round(access, live, interval_seconds, next_full_check)
+        except Exception as error:
+            # The database is away: keep the rules and connections as they are, and try
+            # again after a back-off (a full check that fell due meanwhile stays due).
+            await store.retry(error)
             continue
+        store.succeeded()
+        if connections is None:
+            continue
+        if next_full_check is not None and loop.time() >= next_full_check:
+            assert interval_seconds is not None
+            next_full_check = loop.time() + interval_seconds
+        users, stored = connections
         now = clock()
-        for user, end in connections:
+        for user, end in users:
             reason = revoked(user, stored.get(user.username), now)
             if reason is not None:
                 log.info("ending a connection of %r: %s", user.username, reason)
                 end(reason)
         access.bandwidth.forget(stored)
+
+
+async def _check_round(
+    access: Access,
+    live: Callable[[], Iterable[tuple[UserRecord, Callable[[str], None]]]],
+    interval_seconds: float | None,
+    next_full_check: float | None,
+) -> tuple[list[tuple[UserRecord, Callable[[str], None]]], dict[str, UserRecord]] | None:
+    """One round of ``watch``: read the change counter (and the rules when it moved or the
+    full check is due); the connected users and their stored accounts when they need a
+    re-check, else None. Raises whatever the store raises."""
+    stale = await access.check_changes()
+    due = next_full_check is not None and asyncio.get_running_loop().time() >= next_full_check
+    if not (stale or due):
+        return None
+    if due:
+        await access.load_rules()
+    if interval_seconds is None:
+        return None
+    connections = list(live())
+    stored = await access.current_users(user.username for user, _ in connections)
+    return connections, stored

@@ -14,6 +14,7 @@ from uuid import UUID
 from socksauth import protocol
 from socksauth.auth.authenticator import Authenticator
 from socksauth.config import ListenAddress, Settings
+from socksauth.errors import StoreUnavailable
 from socksauth.logs import get_logger
 from socksauth.protocol import (
     NEED_DATA,
@@ -82,6 +83,7 @@ class Outcome(enum.Enum):
     LIMIT_EXCEEDED = "limit_exceeded"  # the user's max_connections were in use (reply 0x02)
     REVOKED = "revoked"  # ended because the account was disabled, deleted, expired or changed
     REFUSED = "refused"  # not admitted at accept: a cap, or not an allowed client network
+    STORE_UNAVAILABLE = "store_unavailable"  # login not checkable: the store is down (0x01)
     ERROR = "error"
 
 
@@ -400,6 +402,9 @@ class ClientConnection:
             record.ended_at = record.started_at + timedelta(seconds=record.duration_seconds)
             if self._load_balancer_check and record.outcome is Outcome.CLIENT_GONE:
                 log.debug("%s: load balancer health check", record.client)
+            elif record.outcome is Outcome.STORE_UNAVAILABLE:
+                # Counted in the authenticator's summary line: not one line per attempt.
+                log.debug("%s: login refused, the store is unavailable", record.client)
             else:
                 _log_finished(record)
             self._observer.finished(record)
@@ -512,9 +517,17 @@ class ClientConnection:
                     return None
                 assert isinstance(credentials, Credentials)
                 record.username = credentials.username
-                user = await self._authenticator.authenticate(
-                    credentials.username, credentials.password, client_host
-                )
+                try:
+                    user = await self._authenticator.authenticate(
+                        credentials.username, credentials.password, client_host
+                    )
+                except StoreUnavailable:
+                    # The account could not be looked up: the same answer as a wrong
+                    # password (RFC 1929 §2: "the server MUST close the connection"), its
+                    # own outcome; the authenticator logs a summary once a minute.
+                    transport.write(self._conn.send(AuthReply(AuthStatus.FAILURE)))
+                    record.outcome = Outcome.STORE_UNAVAILABLE
+                    return None
                 self.user = user
                 status = AuthStatus.SUCCESS if user is not None else AuthStatus.FAILURE
                 transport.write(self._conn.send(AuthReply(status)))
@@ -571,9 +584,7 @@ class ClientConnection:
             return True
         user = self.user
         if user is not None:
-            self._lease = await access.user_connections.acquire(
-                user.username, user.max_connections
-            )
+            self._lease = await access.user_connections.acquire(user.username, user.max_connections)
             if self._lease is None:
                 log.info(
                     "%s: %r already has %s connections (max_connections)",
@@ -671,6 +682,7 @@ class ClientConnection:
             self._settings.relay_buffer_bytes,
             buckets=None if self._access is None else self._access.bandwidth.buckets(self.user),
             idle_timeout_seconds=self._settings.idle_timeout_seconds,
+            budget=None if self._access is None else self._access.relay_budget,
         )
         try:
             target_transport, _ = await loop.create_connection(

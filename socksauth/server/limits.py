@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from socksauth.auth.throttle import address_key
 from socksauth.errors import ConfigError
+from socksauth.health import Health
 from socksauth.logs import get_logger
 from socksauth.store.interfaces import ConnectionLeases
 
@@ -233,6 +234,10 @@ class UserConnections:
     def __init__(self, leases: ConnectionLeases | None = None) -> None:
         self._counts: dict[str, int] = {}
         self._leases = leases
+        # While the leases' database is down: one line per outage, and connections do not
+        # each wait for it to fail; it is asked again after a back-off (socksauth/health.py).
+        self.health = Health("counting limited users' connections in the database", log)
+        self._retry_at = 0.0
 
     async def acquire(self, username: str, limit: int | None) -> UserLease | None:
         """A lease if ``username`` has fewer than ``limit`` connections (None: no limit)."""
@@ -244,13 +249,17 @@ class UserConnections:
         lease = UserLease(self, username, shared=False)
         if limit is None or self._leases is None:
             return lease
+        now = time.monotonic()
+        if self.health.failing and now < self._retry_at:
+            return lease  # the database failed a moment ago: this process counts alone
         try:
             admitted = await self._leases.acquire(username, limit)
-        except Exception:
+        except Exception as error:
             # The database is away: the limit still holds in this process; other nodes'
             # connections cannot be counted until it is back.
-            log.warning("connection leases unavailable: %r limited by this process only", username)
+            self._retry_at = time.monotonic() + self.health.failed(error)
             return lease
+        self.health.succeeded()
         if not admitted:
             lease.release()
             return None

@@ -1,10 +1,17 @@
 """Relay: splices two transports with flow control, half-close and byte counters.
 
 Each direction is a BufferedProtocol reading into a buffer it allocates at its first read
-(16 KiB, the full relay_buffer_bytes once a read fills it), writing to the other transport.
-When the other transport's write buffer passes its high-water mark asyncio pauses us
-(pause_writing) and we stop reading the source: memory per tunnel stays bounded whatever the
-speed difference between the two peers.
+(16 KiB, the full relay_buffer_bytes once a read fills it while the sink keeps up), writing to
+the other transport. When the other transport's write buffer passes its high-water mark
+asyncio pauses us (pause_writing) and we stop reading the source.
+
+Memory per tunnel stays bounded whatever the speed difference between the two peers: a
+direction whose sink could not take a chunk at once gives its buffer up (the sink holds the
+bytes; the next read comes into a small buffer again), so a stalled tunnel holds about one
+chunk, not a chunk in the sink plus a fresh full-size buffer per direction (issue 12 measured
+1.5 MiB per stalled tunnel before). An idle tunnel gives its buffers up at its idle check.
+A RelayBudget shared by all tunnels of a server caps the total: over it, no buffer grows to
+full size and a direction whose sink is backed up stops reading until the sink drains.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ class _Direction(asyncio.BufferedProtocol):
     """Bytes read from ``source`` (the transport this protocol is attached to) go to ``sink``."""
 
     __slots__ = (
+        "_budget_paused",
         "_buffer_bytes",
+        "_held",
         "_rate_timer",
         "_relay",
         "_sink_full",
@@ -63,6 +72,10 @@ class _Direction(asyncio.BufferedProtocol):
         self.bucket: TokenBucket | None = None
         self._rate_timer: asyncio.TimerHandle | None = None
         self._sink_full = False
+        # Bytes counted against the budget: our buffer, and what the sink held after our
+        # last write (sampled: the sink does not say when it drains below its low mark).
+        self._held = 0
+        self._budget_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -78,7 +91,21 @@ class _Direction(asyncio.BufferedProtocol):
             # relay_buffer_bytes (256 KiB) would be an mmap, zeroed pages and a munmap for
             # each direction of each of them. A read that fills it brings the full size.
             self._view = memoryview(bytearray(min(self._buffer_bytes, _FIRST_BUFFER_BYTES)))
+            self._count_held()
         return self._view
+
+    def _count_held(self) -> None:
+        """Tell the budget what this direction holds now (buffer + sink's backlog)."""
+        held = 0 if self._view is None else len(self._view)
+        if self.sink is not None and not self.sink.is_closing():
+            held += self.sink.get_write_buffer_size()
+        self._relay.budget.add(held - self._held)
+        self._held = held
+
+    def drop_buffer(self) -> None:
+        """Give the read buffer up (stalled, idle, ended); the next read gets a small one."""
+        self._view = None
+        self._count_held()
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self._view is not None
@@ -91,15 +118,26 @@ class _Direction(asyncio.BufferedProtocol):
                 self.source.pause_reading()
             return
         self.sink.write(self._view[:nbytes])
-        if nbytes == len(self._view) < self._buffer_bytes:
-            # A bulk transfer: read in full-size chunks from now on (a new buffer, as the
-            # sink may still hold the old one).
-            self._view = memoryview(bytearray(self._buffer_bytes))
-        elif self.sink.get_write_buffer_size():
+        budget = self._relay.budget
+        if self.sink.get_write_buffer_size():
             # The sink could not send it all at once and may keep a reference to our buffer
-            # (Python 3.12+ queues memoryviews without copying): hand it over and read into a
-            # fresh one. Only happens when the sink is backed up, not per chunk.
+            # (Python 3.12+ queues memoryviews without copying): hand it over. The next read
+            # comes into a small buffer (allocated then): while the sink is backed up, what
+            # this direction holds is about one chunk, in the sink. Only happens when the sink
+            # is backed up, not per chunk.
+            self._view = None
+            self._count_held()
+            if budget.over:
+                # Over the budget: the directions whose sinks back up (the fastest readers)
+                # wait until their sink has drained.
+                self._budget_paused = True
+                budget.wait(self)
+                self._update_reading()
+        elif nbytes == len(self._view) < self._buffer_bytes and not budget.over:
+            # A bulk transfer the sink keeps up with: read in full-size chunks from now on (a
+            # new buffer, as the sink may still hold the old one).
             self._view = memoryview(bytearray(self._buffer_bytes))
+            self._count_held()
         if self.bucket is not None:
             wait = self.bucket.consume(nbytes)
             if wait > 0 and self._rate_timer is None:
@@ -116,13 +154,26 @@ class _Direction(asyncio.BufferedProtocol):
     def sink_full(self, full: bool) -> None:
         """Our sink's write buffer passed its high-water mark (or drained again)."""
         self._sink_full = full
+        if not full:
+            self._count_held()
         self._update_reading()
+
+    def budget_check(self) -> bool:
+        """Called by the budget while we wait for it: resume when our sink has drained;
+        True once we no longer wait."""
+        self._count_held()
+        sink = self.sink
+        if sink is None or sink.is_closing() or not sink.get_write_buffer_size():
+            self._budget_paused = False
+            self._update_reading()
+            return True
+        return False
 
     def _update_reading(self) -> None:
         source = self.source
         if source is None or source.is_closing():
             return
-        if self._sink_full or self._rate_timer is not None:
+        if self._sink_full or self._rate_timer is not None or self._budget_paused:
             source.pause_reading()
         else:
             source.resume_reading()
@@ -131,6 +182,15 @@ class _Direction(asyncio.BufferedProtocol):
         if self._rate_timer is not None:
             self._rate_timer.cancel()
             self._rate_timer = None
+
+    def release(self) -> None:
+        """The tunnel ended: nothing of it counts against the budget any more."""
+        self.cancel_timer()
+        self._view = None
+        self._relay.budget.add(-self._held)
+        self._held = 0
+        self._budget_paused = False
+        self._relay.budget.forget(self)
 
     def eof_received(self) -> bool:
         # Half-close: pass the FIN on and keep the other direction running.
@@ -163,6 +223,7 @@ class Relay:
         "_idle_since",
         "_idle_timeout",
         "_idle_timer",
+        "budget",
         "ended",
         "from_client",
         "to_client",
@@ -174,9 +235,12 @@ class Relay:
         *,
         buckets: tuple[TokenBucket, TokenBucket] | None = None,
         idle_timeout_seconds: float | None = None,
+        budget: RelayBudget | None = None,
     ) -> None:
         """``buckets``: bandwidth limits (from client, to client); ``idle_timeout_seconds``:
-        end the tunnel when no byte moved either way for that long."""
+        end the tunnel when no byte moved either way for that long; ``budget``: the memory
+        all tunnels of the server share (None: this tunnel is not counted)."""
+        self.budget = budget if budget is not None else RelayBudget(None)
         self.from_client = _Direction(self, buffer_bytes, is_client=True)
         self.to_client = _Direction(self, buffer_bytes, is_client=False)
         if buckets is not None:
@@ -234,6 +298,10 @@ class Relay:
         elif loop.time() - self._idle_since >= self._idle_timeout:
             self._finish(CloseReason.IDLE_TIMEOUT)
             return
+        else:
+            # Nothing moved since the last check: an idle (or stalled) tunnel keeps no buffer.
+            for direction in (self.from_client, self.to_client):
+                direction.drop_buffer()
         self._idle_timer = loop.call_later(self._idle_timeout / 4, self._check_idle)
 
     def bytes_counts(self) -> tuple[int, int]:
@@ -260,8 +328,8 @@ class Relay:
         self._finished = True
         if not self.ended.done():
             self.ended.set_result(reason)
-        self.from_client.cancel_timer()
-        self.to_client.cancel_timer()
+        self.from_client.release()
+        self.to_client.release()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         for transport in (self.from_client.source, self.to_client.source):
@@ -270,3 +338,51 @@ class Relay:
                     transport.close()  # flushes what is still buffered
                 else:
                     transport.abort()
+
+
+# How often the budget looks at the directions it paused (their sinks do not say when they
+# drain below the low-water mark).
+_BUDGET_CHECK_SECONDS = 0.05
+
+
+class RelayBudget:
+    """The relay memory of one server: the read buffers of all its tunnels and what their
+    sinks hold, as the directions report it. Over ``limit_bytes`` no buffer grows to full
+    size and the directions whose sinks back up pause until their sink has drained, so the
+    process stops growing there; under it, nothing is paused for it."""
+
+    __slots__ = ("_timer", "_waiting", "limit_bytes", "used")
+
+    def __init__(self, limit_bytes: int | None) -> None:
+        self.limit_bytes = limit_bytes
+        self.used = 0
+        self._waiting: set[_Direction] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def over(self) -> bool:
+        return self.limit_bytes is not None and self.used > self.limit_bytes
+
+    @property
+    def waiting(self) -> int:
+        """Directions paused by the budget now."""
+        return len(self._waiting)
+
+    def add(self, nbytes: int) -> None:
+        self.used += nbytes
+
+    def wait(self, direction: _Direction) -> None:
+        self._waiting.add(direction)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(_BUDGET_CHECK_SECONDS, self._check)
+
+    def forget(self, direction: _Direction) -> None:
+        self._waiting.discard(direction)
+
+    def _check(self) -> None:
+        self._timer = None
+        for direction in list(self._waiting):
+            if direction.budget_check():
+                self._waiting.discard(direction)
+        if self._waiting:
+            self._timer = asyncio.get_running_loop().call_later(_BUDGET_CHECK_SECONDS, self._check)

@@ -158,6 +158,9 @@ def database_errors() -> Iterator[None]:
         lines = str(error.orig).strip().splitlines()
         reason = lines[0] if lines else type(error.orig).__name__
         raise DatabaseError(f"database: {reason}") from None
+    except sqlalchemy.exc.TimeoutError:
+        # The pool had no connection to lend within its timeout (every one busy or dead).
+        raise DatabaseError("database: no connection free in the pool in time") from None
     except OSError as error:
         raise DatabaseError(f"database: {error.strerror or error}") from None
 

@@ -175,6 +175,8 @@ INTERRUPTED = "interrupted"
 OPEN = "open"
 # The outcome of a wrong password, unknown or disabled user: a "failed login" in the stats.
 AUTH_FAILED = "auth_failed"
+# A login refused because the store could not be asked (the database down, not the password).
+STORE_UNAVAILABLE = "store_unavailable"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,6 +30,7 @@ from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from socksauth.health import Health, describe
 from socksauth.logs import get_logger
 from socksauth.store.models import ConnectionLeaseRow, UserRow
 
@@ -62,6 +63,8 @@ class SqlConnectionLeases:
         self._released: Counter[str] = Counter()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # A database outage costs two log lines, and retries back off (socksauth/health.py).
+        self.health = Health("updating the connection leases", log)
 
     async def acquire(self, username: str, limit: int) -> bool:
         """Count one more connection of ``username`` on this node if all nodes together have
@@ -177,9 +180,10 @@ class SqlConnectionLeases:
                 if loop.time() >= next_renewal:
                     next_renewal = loop.time() + self._renew_seconds
                     await self.renew()
-            except Exception:
-                log.exception("could not update the connection leases; retrying")
-                await asyncio.sleep(1.0)
+            except Exception as error:
+                await self.health.retry(error)
+            else:
+                self.health.succeeded()
 
     async def __aenter__(self) -> SqlConnectionLeases:
         await self.clear()
@@ -197,6 +201,6 @@ class SqlConnectionLeases:
             await asyncio.gather(self._task, return_exceptions=True)
         try:
             await self.clear()
-        except Exception:
+        except Exception as error:
             # Rows of a stopped node stop counting once stale anyway.
-            log.exception("could not delete this node's connection leases")
+            log.warning("could not delete this node's connection leases: %s", describe(error))

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from socksauth.errors import UserError
+from socksauth.store.database import database_errors
 from socksauth.store.interfaces import UserRecord
 from socksauth.store.models import UserRow
 from socksauth.store.times import from_db, to_utc
@@ -39,10 +40,15 @@ class SqlUserStore:
         self._engine = engine
 
     async def get_user(self, username: str) -> UserRecord | None:
-        """The account named ``username`` (exact match), or None."""
-        async with self._engine.connect() as conn:
-            result = await conn.execute(select(*_COLUMNS).where(UserRow.username == username))
-            row = result.one_or_none()
+        """The account named ``username`` (exact match), or None.
+
+        Raises:
+            DatabaseError: the database could not be asked (a login then cannot be checked).
+        """
+        with database_errors():
+            async with self._engine.connect() as conn:
+                result = await conn.execute(select(*_COLUMNS).where(UserRow.username == username))
+                row = result.one_or_none()
         return None if row is None else _record(row)
 
     async def replace_password_hash(self, username: str, old_hash: str, new_hash: str) -> None:
