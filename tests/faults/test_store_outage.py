@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import Cluster, Lines
 from e2e import (
     ALICE,
@@ -159,6 +160,7 @@ async def run_outage(
     return {"served": served, "down_seconds": down, "cpu_seconds": cpu}
 
 
+@pytest.mark.slow
 async def test_postgresql_stopped_and_started_costs_a_few_lines_and_no_traceback(
     cluster: Cluster, echo_server: EchoServer, lines: Lines
 ) -> None:
@@ -227,6 +229,7 @@ async def test_every_socksauth_connection_terminated_costs_a_few_lines(
     assert len(messages) <= 8, messages
 
 
+@pytest.mark.slow
 async def test_sqlite_locked_longer_than_the_busy_timeout_costs_a_few_lines(
     tmp_path: Path, echo_server: EchoServer, lines: Lines
 ) -> None:
@@ -289,6 +292,7 @@ async def cold_login(port: int, echo: EchoServer) -> bytes:
         writer.close()
 
 
+@pytest.mark.slow
 async def test_a_cold_login_during_an_outage_gets_the_rfc_1929_failure_and_is_audited(
     cluster: Cluster, echo_server: EchoServer, lines: Lines
 ) -> None:
