@@ -33,7 +33,12 @@ from socksauth.server.access import Access
 from socksauth.server.admin import AdminListener, Readiness, bind_admin_socket
 from socksauth.server.audit import AuditObserver
 from socksauth.server.client import ConnectionObserver, Observers
-from socksauth.server.listener import ProxyServer, bind_listeners
+from socksauth.server.listener import (
+    ProxyServer,
+    bind_listeners,
+    check_listen_free,
+    resolve_listen,
+)
 from socksauth.server.metrics import AuditSampler, MetricsObserver
 from socksauth.store import migrate
 from socksauth.store.audit import SqlAuditStore
@@ -108,6 +113,13 @@ async def running_server(
     instead of binding settings.admin_listen.
     """
     async with contextlib.AsyncExitStack() as stack:
+        # The addresses first: one that cannot be listened on is one line, before the
+        # database is even opened (and before anything there is to close and log).
+        if admin_socket is None and settings.admin_listen is not None:
+            admin_socket = bind_admin_socket(settings.admin_listen)
+            stack.callback(admin_socket.close)
+        if not listen_sockets:
+            check_listen_free(settings)
         engine = create_engine(settings.database_url)
         stack.push_async_callback(engine.dispose)
         # Nothing is measured unless someone can read it: no cost per connection when off.
@@ -365,6 +377,15 @@ async def _reload_on_request(
 def default_database_url() -> str:
     """The embedded SQLite store's URL (its directory is created)."""
     return default_sqlite_url()
+
+
+def check_listen_addresses(settings: Settings) -> None:
+    """ConfigError naming the setting unless every listen address (and the admin listener's)
+    resolves; checked before anything starts, so a typo never waits for the database."""
+    for address in settings.listen:
+        resolve_listen(address)
+    if settings.admin_listen is not None:
+        resolve_listen(settings.admin_listen, "admin_listen")
 
 
 def check_database_url(url: str) -> None:

@@ -33,6 +33,7 @@ def serve(**flags: Any) -> None:
     source, settings = _load(flags)
     with reported_errors():
         workers = source.workers()
+        app.check_listen_addresses(settings)
     logs.configure(settings.log_level, settings.log_format)
     if workers == 1:
         run_command(app.serve(settings, reload_settings=source.load))

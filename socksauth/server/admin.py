@@ -11,6 +11,7 @@ from types import TracebackType
 
 from socksauth.config import ListenAddress
 from socksauth.logs import get_logger
+from socksauth.server.listener import listen_errors, resolve_listen
 
 log = get_logger("admin")
 
@@ -36,13 +37,12 @@ _Response = tuple[HTTPStatus, str, bytes, list[tuple[str, str]]]
 def bind_admin_socket(address: ListenAddress) -> socket.socket:
     """A listening socket on ``address`` (its first address family), bound before the
     workers are forked so that all of them accept on the same one."""
-    family, _, _, _, sockaddr = socket.getaddrinfo(
-        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    family, _, _, _, sockaddr = resolve_listen(address, "admin_listen")[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(sockaddr)
+        with listen_errors(address, "admin_listen"):
+            sock.bind(sockaddr)
         sock.listen(128)
         sock.setblocking(False)
     except BaseException:

@@ -7,8 +7,9 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import socket
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -29,6 +30,67 @@ log = get_logger("server")
 LISTEN_BACKLOG = 4096
 
 
+# What a listen address may look like, for the error that says it does not work.
+LISTEN_FORMS = "expected HOST:PORT, [IPv6]:PORT or :PORT, HOST an address or a resolvable name"
+
+
+def resolve_listen(address: ListenAddress, setting: str = "listen") -> list[Any]:
+    """getaddrinfo() for listening on ``address``.
+
+    Raises:
+        ConfigError: the host does not resolve (``setting`` names the option).
+    """
+    try:
+        return socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as error:
+        reason = error.strerror if isinstance(error, socket.gaierror) else "not a valid name"
+        raise ConfigError(
+            f"{setting}: cannot resolve {address.host!r} ({reason}); {LISTEN_FORMS}"
+        ) from None
+
+
+@contextlib.contextmanager
+def listen_errors(address: ListenAddress, setting: str = "listen") -> Iterator[None]:
+    """Binding errors as one line naming the setting and the address: a host that does not
+    resolve is a ConfigError (bad input); a port in use, an address not on this machine or a
+    privileged port stay OSErrors (the machine refuses), their message naming the address."""
+    try:
+        yield
+    except socket.gaierror as error:
+        raise ConfigError(
+            f"{setting}: cannot resolve {address.host!r} ({error.strerror}); {LISTEN_FORMS}"
+        ) from None
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise OSError(
+            error.errno, f"{setting}: cannot listen on {address}: {os.strerror(error.errno)}"
+        ) from None
+
+
+def check_listen_free(settings: Settings) -> None:
+    """Bind (and close again) each listen address as the proxy will, so that a port in use
+    or a host that does not resolve is one line before anything else has started.
+
+    Raises:
+        ConfigError, OSError: as listen_errors() says.
+    """
+    for address in settings.listen:
+        seen: set[tuple[int, object]] = set()
+        for family, _, _, _, sockaddr in resolve_listen(address):
+            if (family, sockaddr[0]) in seen:
+                continue
+            seen.add((family, sockaddr[0]))
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                with listen_errors(address):
+                    sock.bind(sockaddr)
+
+
 def bind_listeners(settings: Settings, copies: int) -> list[list[socket.socket]]:
     """``copies`` sets of listening sockets, all on the same addresses and ports.
 
@@ -37,9 +99,7 @@ def bind_listeners(settings: Settings, copies: int) -> list[list[socket.socket]]
     """
     sets: list[list[socket.socket]] = [[] for _ in range(copies)]
     for address in settings.listen:
-        infos = socket.getaddrinfo(
-            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        infos = resolve_listen(address)
         seen: set[tuple[int, object]] = set()
         port = address.port
         for family, _, _, _, sockaddr in infos:
@@ -54,7 +114,8 @@ def bind_listeners(settings: Settings, copies: int) -> list[list[socket.socket]]
                     if family == socket.AF_INET6:
                         # As asyncio does: [::] means IPv6 only; list 0.0.0.0 for IPv4 too.
                         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                    sock.bind((sockaddr[0], port, *sockaddr[2:]))
+                    with listen_errors(address):
+                        sock.bind((sockaddr[0], port, *sockaddr[2:]))
                     sock.listen(LISTEN_BACKLOG)
                     sock.setblocking(False)
                 except BaseException:
@@ -136,15 +197,16 @@ class ProxyServer:
                 for sock in bind_listeners(one, 1)[0]:
                     listener.servers.append(await _serve_on(loop, accept, sock))
             else:
-                listener.servers.append(
-                    await loop.create_server(
+                resolve_listen(address)
+                with listen_errors(address):
+                    server = await loop.create_server(
                         accept,
                         host=address.host,
                         port=address.port,
                         reuse_address=True,
                         backlog=LISTEN_BACKLOG,
                     )
-                )
+                listener.servers.append(server)
         except BaseException:
             for server in listener.servers:
                 server.close()

@@ -8,8 +8,10 @@ import asyncio
 import contextlib
 import re
 import signal
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from cli_runner import (
@@ -154,6 +156,63 @@ async def test_serve_with_a_bad_setting_exits_2_with_one_line(
     assert result.returncode == 2
     assert message in one_error_line(result.stderr)
     assert SECRET not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # A name that is not even a valid DNS name: refused without asking any resolver.
+        pytest.param(
+            ["--listen", "no..such..host"],
+            "listen: cannot resolve 'no..such..host'",
+            id="listen-name",
+        ),
+        pytest.param(
+            ["--listen", "127.0.0.1:0", "--admin-listen", "no..such..host:9180"],
+            "admin_listen: cannot resolve 'no..such..host'",
+            id="admin-listen-name",
+        ),
+    ],
+)
+async def test_serve_with_a_listen_address_that_does_not_resolve_exits_2_naming_it(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    # A database that does not exist yet: the address is refused before anything starts.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'never-created.sqlite3'}"
+    result = await cli_process("serve", "--database-url", url, *args)
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result.stderr)
+    assert message in line
+    assert "expected HOST:PORT, [IPv6]:PORT or :PORT" in line
+    assert not (tmp_path / "never-created.sqlite3").exists()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("option", "workers", "setting"),
+    [
+        pytest.param("--listen", "1", "listen", id="listen"),
+        pytest.param("--listen", "2", "listen", id="listen-workers"),
+        pytest.param("--admin-listen", "1", "admin_listen", id="admin-listen"),
+    ],
+)
+async def test_serve_on_a_port_in_use_exits_1_with_one_line_naming_the_address(
+    database_url: str, engine: AsyncEngine, option: str, workers: str, setting: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--listen", "127.0.0.1:0", option, f"127.0.0.1:{port}"]
+        if option == "--listen":
+            args = args[2:]
+        result = await cli_process(
+            "serve", "--database-url", database_url, "--workers", workers, *args
+        )
+    assert result.returncode == 1, result.stderr
+    assert one_error_line(result.stderr) == (
+        f"Error: {setting}: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
 
 
 async def test_serve_with_an_unreachable_database_exits_1_without_its_password() -> None:

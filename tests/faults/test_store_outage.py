@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import secrets
 import sqlite3
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import Cluster, Lines
 from e2e import (
     ALICE,
@@ -159,6 +161,7 @@ async def run_outage(
     return {"served": served, "down_seconds": down, "cpu_seconds": cpu}
 
 
+@pytest.mark.slow
 async def test_postgresql_stopped_and_started_costs_a_few_lines_and_no_traceback(
     cluster: Cluster, echo_server: EchoServer, lines: Lines
 ) -> None:
@@ -166,7 +169,9 @@ async def test_postgresql_stopped_and_started_costs_a_few_lines_and_no_traceback
         fresh_database(cluster) as url,
         app.running_server(settings_for(url)) as server,
     ):
-        figures = await run_outage(server, echo_server, lines, 5.0, cluster.stop, cluster.start)
+        # SOCKSAUTH_FAULT_OUTAGE_SECONDS: a longer outage, to see that the lines do not grow.
+        down = float(os.environ.get("SOCKSAUTH_FAULT_OUTAGE_SECONDS", "5"))
+        figures = await run_outage(server, echo_server, lines, down, cluster.stop, cluster.start)
         # Every loop notices that the database is back (their back-off is at most 30 s; the
         # first retries come within a few seconds).
         await until_recovered(server, echo_server, lines)
@@ -227,6 +232,7 @@ async def test_every_socksauth_connection_terminated_costs_a_few_lines(
     assert len(messages) <= 8, messages
 
 
+@pytest.mark.slow
 async def test_sqlite_locked_longer_than_the_busy_timeout_costs_a_few_lines(
     tmp_path: Path, echo_server: EchoServer, lines: Lines
 ) -> None:
@@ -289,6 +295,7 @@ async def cold_login(port: int, echo: EchoServer) -> bytes:
         writer.close()
 
 
+@pytest.mark.slow
 async def test_a_cold_login_during_an_outage_gets_the_rfc_1929_failure_and_is_audited(
     cluster: Cluster, echo_server: EchoServer, lines: Lines
 ) -> None:
