@@ -24,6 +24,7 @@ from socksauth import logs, metrics
 from socksauth.audit import AuditLog
 from socksauth.auth import passwords
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
+from socksauth.auth.throttle import LoginThrottle
 from socksauth.auth.user_cache import UserCache
 from socksauth.config import ListenAddress, Settings
 from socksauth.errors import ConfigError
@@ -33,7 +34,7 @@ from socksauth.server.admin import AdminListener, Readiness, bind_admin_socket
 from socksauth.server.audit import AuditObserver
 from socksauth.server.client import ConnectionObserver, Observers
 from socksauth.server.listener import ProxyServer, bind_listeners
-from socksauth.server.metrics import AuditSampler, MetricsObserver
+from socksauth.server.metrics import AuditSampler, MetricsObserver, ThrottleMetrics
 from socksauth.store import migrate
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.changes import SqlChangeFeed
@@ -128,8 +129,16 @@ async def running_server(
         )
         stack.callback(executor.shutdown, wait=True, cancel_futures=True)
         logins = await stack.enter_async_context(LoginRecorder(users))
+        throttle = LoginThrottle(
+            settings.throttle_settings(),
+            observer=ThrottleMetrics(measured) if measured is not None else None,
+        )
         authenticator = Authenticator(
-            cached_users, executor, logins, max_concurrent=settings.password_verify_threads
+            cached_users,
+            executor,
+            logins,
+            throttle=throttle,
+            max_concurrent=settings.password_verify_threads,
         )
         await authenticator.start()
         # Entered before the server, so it is flushed after the server has stopped and every
@@ -172,6 +181,8 @@ async def running_server(
             on_users_changed=cached_users.invalidate,
             leases=leases,
         )
+        # The next login after a change committed anywhere is decided on the new state.
+        cached_users.before_lookup = access.ensure_current
         if admin is not None:
             access.set_other_endpoints([(admin.bound.host, admin.bound.port)])
         with database_errors():
@@ -232,6 +243,21 @@ RESTART_ONLY_SETTINGS = (
     "password_verify_threads",
     "admin_listen",
     "metrics_per_user",
+    # The login throttle is built once with its counters; keep them over a reload.
+    "login_throttle",
+    "login_free_failures",
+    "login_delay_seconds",
+    "login_max_delay_seconds",
+    "login_lockout_failures",
+    "login_lockout_seconds",
+    "login_max_lockout_seconds",
+    "login_window_seconds",
+    "login_remembered_passwords",
+    "login_familiar_days",
+    "login_familiar_max_failures",
+    "login_spray_usernames",
+    "login_max_delayed_per_address",
+    "login_exempt_networks",
 )
 
 

@@ -15,7 +15,15 @@ from socksauth.server.client import ConnectionRecord, Outcome
 from socksauth.store.interfaces import AuditEntry
 
 # Handshakes that ended before a request but are worth a row: someone tried and was refused.
-_REJECTED = frozenset({Outcome.AUTH_FAILED, Outcome.NO_ACCEPTABLE_METHOD, Outcome.PROTOCOL_ERROR})
+_REJECTED = frozenset(
+    {
+        Outcome.AUTH_FAILED,
+        Outcome.THROTTLED,
+        Outcome.LOCKED_OUT,
+        Outcome.NO_ACCEPTABLE_METHOD,
+        Outcome.PROTOCOL_ERROR,
+    }
+)
 
 # Column widths of audit_events: longer values (a hostile client's) are cut, not refused,
 # because one row the database refuses would hold up the whole batch.

@@ -13,7 +13,7 @@ from typing import Protocol, cast
 from uuid import UUID
 
 from socksauth import protocol
-from socksauth.auth.authenticator import Authenticator
+from socksauth.auth.authenticator import Authenticator, LoginRefusal
 from socksauth.config import ListenAddress, Settings
 from socksauth.logs import get_logger
 from socksauth.protocol import (
@@ -71,6 +71,8 @@ class Outcome(enum.Enum):
     SHUTDOWN = "shutdown"
     NO_ACCEPTABLE_METHOD = "no_acceptable_method"
     AUTH_FAILED = "auth_failed"
+    THROTTLED = "throttled"  # login failed after a throttle delay, or too many were delayed
+    LOCKED_OUT = "locked_out"  # login refused unverified: the (user, address) pair is locked
     PROTOCOL_ERROR = "protocol_error"
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     CLIENT_GONE = "client_gone"  # closed during the handshake
@@ -84,6 +86,12 @@ class Outcome(enum.Enum):
     REFUSED = "refused"  # not admitted at accept: a cap, or not an allowed client network
     ERROR = "error"
 
+
+_OUTCOME_BY_REFUSAL = {
+    LoginRefusal.AUTH_FAILED: Outcome.AUTH_FAILED,
+    LoginRefusal.THROTTLED: Outcome.THROTTLED,
+    LoginRefusal.LOCKED_OUT: Outcome.LOCKED_OUT,
+}
 
 _OUTCOME_BY_CLOSE = {
     CloseReason.CLOSED: Outcome.CLOSED,
@@ -512,16 +520,24 @@ class ClientConnection:
                     return None
                 assert isinstance(credentials, Credentials)
                 record.username = credentials.username
-                user = await self._authenticator.authenticate(
+                result = await self._authenticator.login(
                     credentials.username, credentials.password, client_host
                 )
-                self.user = user
+                user = self.user = result.user
+                # The same RFC 1929 failure whether the password was wrong, the attempt
+                # delayed or the pair locked out: no oracle for a guesser.
                 status = AuthStatus.SUCCESS if user is not None else AuthStatus.FAILURE
                 transport.write(self._conn.send(AuthReply(status)))
                 if user is None:
                     # RFC 1929 §2: on failure "the server MUST close the connection".
-                    record.outcome = Outcome.AUTH_FAILED
-                    log.info("%s: login failed for user %r", record.client, credentials.username)
+                    refusal = result.refusal or LoginRefusal.AUTH_FAILED
+                    record.outcome = _OUTCOME_BY_REFUSAL[refusal]
+                    log.info(
+                        "%s: login failed for user %r (%s)",
+                        record.client,
+                        credentials.username,
+                        refusal.value,
+                    )
                     return None
             request = await self._next_event()
             if isinstance(request, ConnectionClosed):
@@ -571,9 +587,7 @@ class ClientConnection:
             return True
         user = self.user
         if user is not None:
-            self._lease = await access.user_connections.acquire(
-                user.username, user.max_connections
-            )
+            self._lease = await access.user_connections.acquire(user.username, user.max_connections)
             if self._lease is None:
                 log.info(
                     "%s: %r already has %s connections (max_connections)",

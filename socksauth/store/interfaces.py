@@ -110,6 +110,11 @@ class ChangeFeed(Protocol):
         tell (then poll ``revision``). Call again to re-establish a lost subscription."""
         ...
 
+    def maybe_changed(self) -> bool:
+        """Without a query: whether a change may have been committed since the last call
+        (False means certainly not, or that changes are pushed through ``listen``)."""
+        ...
+
 
 class ConnectionLeases(Protocol):
     """Per-user connection counts shared by every node on the database."""
@@ -175,6 +180,11 @@ INTERRUPTED = "interrupted"
 OPEN = "open"
 # The outcome of a wrong password, unknown or disabled user: a "failed login" in the stats.
 AUTH_FAILED = "auth_failed"
+# A login refused by the throttle (delayed and failed, or too many delayed at once), and one
+# refused unverified while its (username, address) pair is locked out: failed logins too.
+THROTTLED = "throttled"
+LOCKED_OUT = "locked_out"
+FAILED_LOGIN_OUTCOMES = (AUTH_FAILED, THROTTLED, LOCKED_OUT)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
