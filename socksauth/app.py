@@ -25,6 +25,7 @@ from socksauth.audit import AuditLog
 from socksauth.auth import passwords
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
 from socksauth.auth.throttle import LoginThrottle
+from socksauth.auth.throttle_sharing import SharedThrottle
 from socksauth.auth.user_cache import UserCache
 from socksauth.config import ListenAddress, Settings
 from socksauth.errors import ConfigError
@@ -48,9 +49,10 @@ from socksauth.store.database import (
     parse_url,
     redact_url,
 )
-from socksauth.store.interfaces import AuditReader, RuleStore, UserStore
+from socksauth.store.interfaces import AuditReader, RuleStore, ThrottleStore, UserStore
 from socksauth.store.leases import SqlConnectionLeases
 from socksauth.store.rules import SqlRuleStore
+from socksauth.store.throttle import SqlThrottleStore
 from socksauth.store.users import SqlUserStore
 
 log = get_logger("app")
@@ -80,6 +82,14 @@ async def open_audit_reader(database_url: str) -> AsyncIterator[AuditReader]:
     async with connected(database_url) as engine:
         await migrate.ensure_current(engine)
         yield SqlAuditStore(engine)
+
+
+@contextlib.asynccontextmanager
+async def open_throttle_store(database_url: str) -> AsyncIterator[ThrottleStore]:
+    """The login throttle's shared state on a current schema, for `socksauth throttle`."""
+    async with connected(database_url) as engine:
+        await migrate.ensure_current(engine)
+        yield SqlThrottleStore(engine)
 
 
 async def upgrade_database(database_url: str) -> str:
@@ -141,6 +151,13 @@ async def running_server(
             max_concurrent=settings.password_verify_threads,
         )
         await authenticator.start()
+        # Failures, lockouts and clears shared with every process on the store; entered
+        # before the server, so what the last clients did is written after they are gone.
+        sharing = None
+        if settings.login_throttle:
+            sharing = await stack.enter_async_context(
+                SharedThrottle(throttle, SqlThrottleStore(engine))
+            )
         # Entered before the server, so it is flushed after the server has stopped and every
         # client's entry is in.
         audit_log = await stack.enter_async_context(
@@ -178,7 +195,11 @@ async def running_server(
             rules=SqlRuleStore(engine),
             users=users,
             changes=changes,
-            on_users_changed=cached_users.invalidate,
+            on_users_changed=(
+                cached_users.invalidate
+                if sharing is None
+                else _both(cached_users.invalidate, sharing.store_changed)
+            ),
             leases=leases,
         )
         # The next login after a change committed anywhere is decided on the new state.
@@ -195,6 +216,14 @@ async def running_server(
         servers.append(server)
         log.info("serving with users from %s", redact_url(settings.database_url))
         yield server
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def call() -> None:
+        first()
+        second()
+
+    return call
 
 
 # /readyz waits this long for the database before it reports it unreachable.

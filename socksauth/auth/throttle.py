@@ -46,7 +46,7 @@ from typing import Protocol, TypeVar
 from socksauth.config import IPNetwork, ThrottleSettings
 from socksauth.logs import get_logger
 
-__all__ = ["Admission", "LoginThrottle", "ThrottleSettings", "address_key"]
+__all__ = ["Admission", "LoginThrottle", "PairChange", "ThrottleSettings", "address_key"]
 
 log = get_logger("throttle")
 
@@ -122,6 +122,17 @@ class PairState:
     day_failures: int = 0  # counted failures since day_started_at (familiar standing)
     day_started_at: float = 0.0
     recent: deque[bytes] = field(default_factory=deque)  # HMACs of the last wrong passwords
+
+
+@dataclass(slots=True, kw_only=True)
+class PairChange:
+    """What just happened to a pair, for whoever shares it (auth/throttle_sharing.py)."""
+
+    counted: int = 0  # failures added to the count
+    locked: bool = False  # this process locked the pair just now
+    demoted: bool = False  # the pair lost its familiar standing just now
+    succeeded: bool = False  # the right password
+    reset: bool = False  # ... and the pair had failures to forget
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,8 +218,8 @@ class LoginThrottle:
         self._sprayed: _Bounded[str, dict[str, float]] = _Bounded(limit)  # → {name: failed at}
         self._delayed: dict[str, int] = {}  # address → delayed attempts waiting now
         self._locked: dict[Pair, float] = {}  # pair → locked until
-        # Called with (username, address, state) after each change of a pair (the store).
-        self.on_change: Callable[[str, str, PairState | None], None] | None = None
+        # Called after each change of a pair (to share it through the store).
+        self.on_change: Callable[[str, str, PairChange], None] | None = None
 
     # --- the login path ---------------------------------------------------------------
 
@@ -269,7 +280,7 @@ class LoginThrottle:
             # the pair's delay alive, as its owner's stale script keeps trying.
             self.observer.failed(Failure.REPEATED_PASSWORD if digest in pair.recent else reason)
             pair.last_failure_at = now
-            self._store(username, address, pair)
+            self._store(username, address, pair, PairChange())
             return
         self.observer.failed(reason)
         pair.recent.append(digest)
@@ -281,10 +292,20 @@ class LoginThrottle:
             pair.day_started_at, pair.day_failures = now, 0
         pair.day_failures += 1
         self._note_username(address, username, now)
+        change = PairChange(counted=1)
+        change.demoted, change.locked = self._judge(username, address, pair, now)
+        self._store(username, address, pair, change)
+
+    def _judge(
+        self, username: str, address: str, pair: PairState, now: float
+    ) -> tuple[bool, bool]:
+        """After failures were added to ``pair``: (lost its familiar standing, locked now)."""
+        settings = self.settings
         familiar = self._is_familiar(username, address, now)
+        demoted = False
         if familiar and pair.day_failures > settings.familiar_max_failures:
             self._familiar.pop((username, address), None)
-            familiar = False
+            familiar, demoted = False, True
             log.warning(
                 "user %r at %s lost its familiar standing: %d failed logins within a day",
                 username,
@@ -292,9 +313,15 @@ class LoginThrottle:
                 pair.day_failures,
             )
         exempt = settings.is_exempt(address.partition("/")[0])
-        if pair.failures >= settings.lockout_failures and not familiar and not exempt:
+        if (
+            pair.failures >= settings.lockout_failures
+            and not familiar
+            and not exempt
+            and pair.locked_until <= now
+        ):
             self._lock(username, address, pair, now)
-        self._store(username, address, pair)
+            return demoted, True
+        return demoted, False
 
     def succeeded(self, client_host: str, username: str) -> None:
         """The right password: the pair starts afresh and its address becomes familiar."""
@@ -303,8 +330,9 @@ class LoginThrottle:
         address = address_key(client_host)
         key = (username, address)
         self._familiar.touch(key, self._clock())
-        if self._pairs.pop(key, None) is not None:
-            self._store(username, address, None)
+        had_failures = self._pairs.pop(key, None) is not None
+        if self.on_change is not None:
+            self.on_change(username, address, PairChange(succeeded=True, reset=had_failures))
 
     # --- administration (`socksauth throttle`, `user passwd`/`enable`) -------------------
 
@@ -354,25 +382,44 @@ class LoginThrottle:
 
     # --- state shared with other processes (store) -----------------------------------
 
-    def merge(self, username: str, address: str, pair: PairState | None) -> None:
-        """Take another process's view of a pair (read from the store): the more severe of
-        the two wins, so a lockout made anywhere holds here."""
+    def merge(
+        self, stored: PairState, username: str, address: str, familiar_at: float, pending: int
+    ) -> None:
+        """Take the pair as the store has it (every process's failures added up), plus the
+        ``pending`` failures this process counted since and has not written yet; a lockout
+        made anywhere holds here, and enough failures counted everywhere lock it here."""
         key = (username, address)
         now = self._clock()
-        if pair is None:
-            if self._pairs.pop(key, None) is not None:
-                self._locked.pop(key, None)
+        recent_enough = now - familiar_at <= self.settings.familiar_days * DAY_SECONDS
+        if familiar_at > 0 and recent_enough and familiar_at > self._familiar.get(key, 0.0):
+            self._familiar.touch(key, familiar_at)
+        mine = self._pairs.get(key)
+        if stored.failures == 0 and stored.locked_until <= now and pending == 0:
+            if mine is not None and not mine.failures:
+                del self._pairs[key]
             return
-        mine = self._pair(username, address, now)
-        if mine is None or pair.failures > mine.failures or pair.locked_until > mine.locked_until:
-            if mine is not None:
-                pair.recent = deque(dict.fromkeys([*mine.recent, *pair.recent]))
-                while len(pair.recent) > self.settings.remembered_passwords:
-                    pair.recent.popleft()
-            self._pairs.touch(key, pair)
-            if pair.locked_until > now:
-                self._locked[key] = pair.locked_until
-                self.observer.locked_now(self._locked_count(now))
+        if mine is not None:
+            stored.recent = deque(dict.fromkeys([*stored.recent, *mine.recent]))
+            while len(stored.recent) > self.settings.remembered_passwords:
+                stored.recent.popleft()
+            stored.lockouts = max(stored.lockouts, mine.lockouts)
+            stored.locked_until = max(stored.locked_until, mine.locked_until)
+        stored.failures += pending
+        stored.day_failures += pending
+        self._pairs.touch(key, stored)
+        if stored.locked_until > now:
+            self._locked[key] = stored.locked_until
+            self.observer.locked_now(self._locked_count(now))
+            return
+        demoted, locked = self._judge(username, address, stored, now)
+        if (demoted or locked) and self.on_change is not None:
+            self.on_change(username, address, PairChange(locked=locked, demoted=demoted))
+
+    def familiar_at(self, username: str, address: str) -> float:
+        """When the user last logged in from the address, if that still makes it familiar."""
+        if not self._is_familiar(username, address, self._clock()):
+            return 0.0
+        return self._familiar.get((username, address), 0.0)
 
     def pair_state(self, username: str, address: str) -> PairState | None:
         return self._pair(username, address, self._clock())
@@ -431,11 +478,10 @@ class LoginThrottle:
                 del self._locked[key]
         return len(self._locked)
 
-    def _store(self, username: str, address: str, pair: PairState | None) -> None:
-        if pair is not None:
-            self._pairs.touch((username, address), pair)
+    def _store(self, username: str, address: str, pair: PairState, change: PairChange) -> None:
+        self._pairs.touch((username, address), pair)
         if self.on_change is not None:
-            self.on_change(username, address, pair)
+            self.on_change(username, address, change)
 
     def _is_familiar(self, username: str, address: str, now: float) -> bool:
         at = self._familiar.get((username, address))
