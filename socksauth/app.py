@@ -24,6 +24,8 @@ from socksauth import logs, metrics
 from socksauth.audit import AuditLog
 from socksauth.auth import passwords
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
+from socksauth.auth.throttle import LoginThrottle
+from socksauth.auth.throttle_sharing import SharedThrottle
 from socksauth.auth.user_cache import UserCache
 from socksauth.config import ListenAddress, Settings, verify_threads
 from socksauth.errors import ConfigError
@@ -39,7 +41,7 @@ from socksauth.server.listener import (
     check_listen_free,
     resolve_listen,
 )
-from socksauth.server.metrics import AuditSampler, MetricsObserver
+from socksauth.server.metrics import AuditSampler, MetricsObserver, ThrottleMetrics
 from socksauth.store import migrate
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.changes import SqlChangeFeed
@@ -53,9 +55,10 @@ from socksauth.store.database import (
     parse_url,
     redact_url,
 )
-from socksauth.store.interfaces import AuditReader, RuleStore, UserStore
+from socksauth.store.interfaces import AuditReader, RuleStore, ThrottleStore, UserStore
 from socksauth.store.leases import SqlConnectionLeases
 from socksauth.store.rules import SqlRuleStore
+from socksauth.store.throttle import SqlThrottleStore
 from socksauth.store.users import SqlUserStore
 
 log = get_logger("app")
@@ -85,6 +88,14 @@ async def open_audit_reader(database_url: str) -> AsyncIterator[AuditReader]:
     async with connected(database_url) as engine:
         await migrate.ensure_current(engine)
         yield SqlAuditStore(engine)
+
+
+@contextlib.asynccontextmanager
+async def open_throttle_store(database_url: str) -> AsyncIterator[ThrottleStore]:
+    """The login throttle's shared state on a current schema, for `socksauth throttle`."""
+    async with connected(database_url) as engine:
+        await migrate.ensure_current(engine)
+        yield SqlThrottleStore(engine)
 
 
 async def upgrade_database(database_url: str) -> str:
@@ -143,9 +154,26 @@ async def running_server(
         )
         stack.callback(executor.shutdown, wait=True, cancel_futures=True)
         logins = await stack.enter_async_context(LoginRecorder(users))
-        authenticator = Authenticator(cached_users, executor, logins, max_concurrent=threads)
+        throttle = LoginThrottle(
+            settings.throttle_settings(),
+            observer=ThrottleMetrics(measured) if measured is not None else None,
+        )
+        authenticator = Authenticator(
+            cached_users,
+            executor,
+            logins,
+            throttle=throttle,
+            max_concurrent=threads,
+        )
         await authenticator.start()
         stack.callback(authenticator.close)
+        # Failures, lockouts and clears shared with every process on the store; entered
+        # before the server, so what the last clients did is written after they are gone.
+        sharing = None
+        if settings.login_throttle:
+            sharing = await stack.enter_async_context(
+                SharedThrottle(throttle, SqlThrottleStore(engine))
+            )
         # Entered before the server, so it is flushed after the server has stopped and every
         # client's entry is in.
         audit_log = await stack.enter_async_context(
@@ -188,9 +216,15 @@ async def running_server(
             rules=SqlRuleStore(engine),
             users=users,
             changes=changes,
-            on_users_changed=cached_users.invalidate,
+            on_users_changed=(
+                cached_users.invalidate
+                if sharing is None
+                else _both(cached_users.invalidate, sharing.store_changed)
+            ),
             leases=leases,
         )
+        # The next login after a change committed anywhere is decided on the new state.
+        cached_users.before_lookup = access.ensure_current
         if admin is not None:
             access.set_other_endpoints([(admin.bound.host, admin.bound.port)])
         with database_errors():
@@ -203,6 +237,14 @@ async def running_server(
         servers.append(server)
         log.info("serving with users from %s", redact_url(settings.database_url))
         yield server
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def call() -> None:
+        first()
+        second()
+
+    return call
 
 
 # /readyz waits this long for the database before it reports it unreachable.
@@ -251,6 +293,21 @@ RESTART_ONLY_SETTINGS = (
     "password_verify_threads",
     "admin_listen",
     "metrics_per_user",
+    # The login throttle is built once with its counters; keep them over a reload.
+    "login_throttle",
+    "login_free_failures",
+    "login_delay_seconds",
+    "login_max_delay_seconds",
+    "login_lockout_failures",
+    "login_lockout_seconds",
+    "login_max_lockout_seconds",
+    "login_window_seconds",
+    "login_remembered_passwords",
+    "login_familiar_days",
+    "login_familiar_max_failures",
+    "login_spray_usernames",
+    "login_max_delayed_per_address",
+    "login_exempt_networks",
 )
 
 

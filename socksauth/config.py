@@ -75,6 +75,71 @@ def parse_networks(texts: Iterable[str], setting: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThrottleSettings:
+    """The login throttle's thresholds and times (auth/throttle.py; the README's policy table).
+
+    Each is a ``login_*`` setting of serve (``enabled`` is ``login_throttle``); the defaults
+    follow OWASP, fail2ban, Keycloak, Dovecot and Entra smart lockout: cheap at first,
+    growing delays before any lockout, short lockouts that grow, the owner's way back.
+    """
+
+    enabled: bool = True
+    # Counted failures of one (username, address) pair that cost nothing extra: typos.
+    free_failures: int = 3
+    # The delay after them, doubled per further counted failure, up to max_delay_seconds:
+    # seconds, not minutes, because SOCKS authenticates every connection of a browser.
+    delay_seconds: float = 0.5
+    max_delay_seconds: float = 4.0
+    # Counted failures that lock an unfamiliar pair out (about 7 delayed guesses after the
+    # free ones); the lockout starts at lockout_seconds and doubles per repeated lockout.
+    lockout_failures: int = 10
+    lockout_seconds: float = 60.0
+    max_lockout_seconds: float = 900.0
+    # A pair's counters are forgotten after this long without a counted failure.
+    window_seconds: float = 900.0
+    # A repeat of one of a pair's last N wrong passwords (kept as keyed HMACs) is not
+    # counted again: a script with a stale password is delayed, never locked.
+    remembered_passwords: int = 3
+    # A successful login makes its address familiar for the user for this long; a familiar
+    # pair is delayed but not locked, until it has more than familiar_max_failures counted
+    # failures within a day (then it loses its standing and the server warns).
+    familiar_days: float = 30.0
+    familiar_max_failures: int = 50
+    # An address that failed for this many distinct usernames within the window is spraying:
+    # every attempt from it (but a familiar pair's) is delayed.
+    spray_usernames: int = 10
+    # Delayed attempts one address may have waiting at once; more fail at once.
+    max_delayed_per_address: int = 4
+    # Clients in these networks are delayed at most, never locked out.
+    exempt_networks: tuple[IPNetwork, ...] = ()
+    # Pairs and addresses remembered per process (the least recently failed are forgotten).
+    max_entries: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in (
+            "free_failures",
+            "lockout_failures",
+            "remembered_passwords",
+            "familiar_max_failures",
+            "spray_usernames",
+            "max_delayed_per_address",
+            "max_entries",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"login_{name}: must be at least 1")
+        for name in ("lockout_seconds", "window_seconds", "familiar_days", "max_delay_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"login_{name}: must be a positive number")
+        if not 0 <= self.delay_seconds <= self.max_delay_seconds:
+            raise ConfigError("login_delay_seconds: must be 0 or more and at most the max delay")
+        if self.max_lockout_seconds < self.lockout_seconds:
+            raise ConfigError("login_max_lockout_seconds: must be at least the lockout")
+
+    def is_exempt(self, host: str) -> bool:
+        return _in_networks(host, self.exempt_networks)
+
+
 def default_workers() -> int:
     """The cores this process may run on: its CPU affinity (taskset, cpusets, containers
     pinned to cores), which os.cpu_count() ignores."""
@@ -165,6 +230,21 @@ class Settings:
     log_level: str = "INFO"
     # "text": human-readable lines; "json": one JSON object per line.
     log_format: str = "text"
+    # The login throttle (auth/throttle.py, ThrottleSettings above for what each means).
+    login_throttle: bool = True
+    login_free_failures: int = 3
+    login_delay_seconds: float = 0.5
+    login_max_delay_seconds: float = 4.0
+    login_lockout_failures: int = 10
+    login_lockout_seconds: float = 60.0
+    login_max_lockout_seconds: float = 900.0
+    login_window_seconds: float = 900.0
+    login_remembered_passwords: int = 3
+    login_familiar_days: float = 30.0
+    login_familiar_max_failures: int = 50
+    login_spray_usernames: int = 10
+    login_max_delayed_per_address: int = 4
+    login_exempt_networks: tuple[IPNetwork, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -198,6 +278,26 @@ class Settings:
             raise ConfigError("log_level: must be one of DEBUG, INFO, WARNING, ERROR")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format: must be 'text' or 'json'")
+        self.throttle_settings()  # validates the login_* settings
+
+    def throttle_settings(self) -> ThrottleSettings:
+        """The ``login_*`` settings as the login throttle takes them."""
+        return ThrottleSettings(
+            enabled=self.login_throttle,
+            free_failures=self.login_free_failures,
+            delay_seconds=self.login_delay_seconds,
+            max_delay_seconds=self.login_max_delay_seconds,
+            lockout_failures=self.login_lockout_failures,
+            lockout_seconds=self.login_lockout_seconds,
+            max_lockout_seconds=self.login_max_lockout_seconds,
+            window_seconds=self.login_window_seconds,
+            remembered_passwords=self.login_remembered_passwords,
+            familiar_days=self.login_familiar_days,
+            familiar_max_failures=self.login_familiar_max_failures,
+            spray_usernames=self.login_spray_usernames,
+            max_delayed_per_address=self.login_max_delayed_per_address,
+            exempt_networks=self.login_exempt_networks,
+        )
 
     def is_trusted(self, host: str) -> bool:
         """Whether a client at ``host`` may skip authentication (method 0x00)."""

@@ -1,10 +1,12 @@
-"""Logging setup: one format for the whole process; secrets never reach a record."""
+"""Logging setup: one format for the whole process; secrets never reach a record; text from
+the wire is escaped on its way in, so no client can start a line or colour a terminal."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +20,101 @@ def get_logger(component: str) -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{component}")
 
 
+# What a character that is not printable becomes (str.isprintable(): control characters,
+# ANSI's ESC, CR/LF, the Unicode line and paragraph separators U+2028/9 and NEL U+0085 that
+# splitlines() breaks on, bidi overrides, …), and the backslash, so that an escape is never
+# ambiguous with text a client wrote.
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape(text: str) -> str:
+    """``text`` with every character that could end a line, start an ANSI sequence or
+    reorder what a terminal shows written as a Python-style escape (``\\n``, ``\\x1b``,
+    ``\\u2028``); plain printable text is returned unchanged."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for character in text:
+        if character in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[character])
+        elif character.isprintable():
+            out.append(character)
+        elif ord(character) <= 0xFF:
+            out.append(f"\\x{ord(character):02x}")
+        elif ord(character) <= 0xFFFF:
+            out.append(f"\\u{ord(character):04x}")
+        else:
+            out.append(f"\\U{ord(character):08x}")
+    return "".join(out)
+
+
+class _Escaped:
+    """A log argument as it will be printed, escaped: ``%s`` and ``%r`` both go through
+    escape(); numbers are passed as they are (``%d`` needs them, and they cannot hold text)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: object) -> None:
+        self._value = value
+
+    def __str__(self) -> str:
+        return escape(str(self._value))
+
+    def __repr__(self) -> str:
+        # repr() of a str already escapes what is not printable (and doubles backslashes):
+        # escaping it again would only double them once more.
+        text = repr(self._value)
+        return text if text.isprintable() else escape(text)
+
+    def __format__(self, spec: str) -> str:
+        return escape(format(self._value, spec))
+
+
+def _escaped_argument(value: object) -> object:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    return _Escaped(value)
+
+
+def escaped_message(record: logging.LogRecord) -> str:
+    """The record's message with every argument escaped: the one place where what callers
+    pass to a log call (a username, a target name, an error quoting the wire) becomes text.
+    The format string is ours and keeps its own newlines, if it has any."""
+    args: Any = record.args
+    if not args:
+        return escape(str(record.msg)) if not isinstance(record.msg, str) else record.msg
+    if isinstance(args, Mapping):
+        args = {key: _escaped_argument(value) for key, value in args.items()}
+    else:
+        args = tuple(_escaped_argument(value) for value in args)
+    try:
+        message: str = str(record.msg) % args
+        return message
+    except (TypeError, ValueError):
+        # A call whose arguments do not fit its format: logging would print an error to
+        # stderr and lose the line; keep it, escaped.
+        return escape(f"{record.msg} {record.args!r}")
+
+
+def _escaped_record(record: logging.LogRecord) -> logging.LogRecord:
+    """A copy of ``record`` whose message is already formatted and escaped (the handler's
+    other formatters and filters still see the original)."""
+    copy = logging.makeLogRecord(vars(record))
+    copy.msg = escaped_message(record)
+    copy.args = None
+    return copy
+
+
+class TextFormatter(logging.Formatter):
+    """``TIME LEVEL LOGGER: MESSAGE``, the message escaped (escaped_message())."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(_escaped_record(record))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts (ISO 8601, UTC), level, logger, message, the ``extra``
     fields, and exc_info/stack_info as text when present."""
@@ -27,11 +124,13 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": escaped_message(record),
         }
         for name, value in vars(record).items():
             if name not in _RECORD_ATTRIBUTES and name not in entry:
-                entry[name] = value
+                # Extra fields are escaped as the message is: a JSON line read by a person
+                # (jq -r, a terminal) must not start a line or colour it either.
+                entry[name] = escape(value) if isinstance(value, str) else value
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -46,11 +145,7 @@ def configure(level: str = "INFO", log_format: str = "text") -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
-            )
-        )
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger(LOGGER_NAME)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -25,6 +25,10 @@ MULTIPROCESS_DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 HANDSHAKE_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+# A throttle delay: 0.5 s doubling to its 4 s cap by default; longer only when configured.
+LOGIN_DELAY_BUCKETS_SECONDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+
+
 def use_multiprocess_directory(directory: Path) -> None:
     """From now on, metric values of this process and of the processes it forks live in
     ``directory``, where any of them can read all of them (a supervisor calls this before
@@ -114,6 +118,39 @@ class Metrics:
         self.database_errors = Counter(
             "socksauth_database_errors",
             "Errors raised by the database or by connecting to it.",
+            registry=registry,
+        )
+
+        self.login_failures = Counter(
+            "socksauth_login_failures",
+            "Failed logins by reason: wrong_password, unknown_user, unusable_account (counted "
+            "by the throttle), repeated_password (not counted), locked_out, too_many_delayed "
+            "(refused unverified).",
+            ["reason"],
+            registry=registry,
+        )
+        self.login_lockouts = Counter(
+            "socksauth_login_lockouts",
+            "Lockouts of a (username, address) pair started by this process.",
+            registry=registry,
+        )
+        self.login_locked = Gauge(
+            "socksauth_login_locked_pairs",
+            "(username, address) pairs locked out now, as this process knows them (shared "
+            "through the store, so the maximum over processes, not their sum).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.login_delay = Histogram(
+            "socksauth_login_delay_seconds",
+            "Throttle delays imposed on logins before verifying them.",
+            registry=registry,
+            buckets=LOGIN_DELAY_BUCKETS_SECONDS,
+        )
+        self.throttle_store_errors = Counter(
+            "socksauth_throttle_store_errors",
+            "Reads or writes of the shared throttle state that failed or were too slow (the "
+            "process kept its own counters meanwhile).",
             registry=registry,
         )
 

@@ -129,6 +129,25 @@ class Switch:
         return value
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OnOff:
+    """On or off given as a value (``--login-throttle off``), not as a --no- flag; in TOML
+    a boolean or "on"/"off"."""
+
+    def from_toml(self, value: object) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return self.from_text(value)
+        raise ConfigError(f'expected a boolean or "on"/"off", got {_toml_type(value)}')
+
+    def from_text(self, text: str) -> bool:
+        return Switch().from_text(text)
+
+    def to_toml(self, value: bool) -> bool:
+        return value
+
+
 def _identity(text: str) -> Any:
     return text
 
@@ -286,6 +305,46 @@ OPTIONS: tuple[Option, ...] = (
     Option(name="shutdown-grace", field="shutdown_grace_seconds", kind=Number(),
            metavar="SECONDS",
            help="At shutdown, how long tunnels get to end on their own before they are closed."),
+    Option(name="login-throttle", field="login_throttle", kind=OnOff(), metavar="on|off",
+           help="Delay, then lock out, repeated failed logins per (username, client address) "
+           "pair (README: login throttling). off: for networks that throttle elsewhere."),
+    Option(name="login-free-failures", field="login_free_failures", kind=Integer(minimum=1),
+           metavar="N", help="Failures of a (username, address) pair before its logins are "
+           "delayed: room for typos."),
+    Option(name="login-delay", field="login_delay_seconds", kind=Number(), metavar="SECONDS",
+           help="The first delay, doubled per further failure up to --login-max-delay."),
+    Option(name="login-max-delay", field="login_max_delay_seconds", kind=SECONDS,
+           metavar="SECONDS", help="Longest delay: seconds, since SOCKS logs in per connection."),
+    Option(name="login-lockout-failures", field="login_lockout_failures",
+           kind=Integer(minimum=1), metavar="N",
+           help="Failures that lock a pair out (not at a familiar address, nor an exempt one)."),
+    Option(name="login-lockout", field="login_lockout_seconds", kind=SECONDS, metavar="SECONDS",
+           help="First lockout; doubled per repeated lockout of the pair, up to "
+           "--login-max-lockout."),
+    Option(name="login-max-lockout", field="login_max_lockout_seconds", kind=SECONDS,
+           metavar="SECONDS", help="Longest lockout."),
+    Option(name="login-window", field="login_window_seconds", kind=SECONDS, metavar="SECONDS",
+           help="A pair's or an address's failures are forgotten after this long without one."),
+    Option(name="login-remembered-passwords", field="login_remembered_passwords",
+           kind=Integer(minimum=1), metavar="N",
+           help="A repeat of one of a pair's last N wrong passwords (kept as keyed HMACs) does "
+           "not count again: a stale password is delayed, not locked."),
+    Option(name="login-familiar-days", field="login_familiar_days", kind=SECONDS,
+           metavar="DAYS", help="A successful login makes its address familiar for the user "
+           "this long: delayed there, not locked."),
+    Option(name="login-familiar-max-failures", field="login_familiar_max_failures",
+           kind=Integer(minimum=1), metavar="N",
+           help="Failures in a day after which a familiar pair loses its standing (warned)."),
+    Option(name="login-spray-usernames", field="login_spray_usernames",
+           kind=Integer(minimum=1), metavar="N",
+           help="Distinct usernames failing from one address within the window that make the "
+           "whole address delayed (spraying)."),
+    Option(name="login-max-delayed-per-address", field="login_max_delayed_per_address",
+           kind=Integer(minimum=1), metavar="N",
+           help="Delayed logins one address may have waiting at once; more fail at once."),
+    Option(name="login-exempt-network", field="login_exempt_networks",
+           kind=Many(convert=parse_network), metavar="CIDR",
+           help="Clients from this network are delayed at most, never locked out. Repeatable."),
     Option(name="proxy-protocol-from", field="proxy_protocol_networks",
            kind=Many(convert=parse_network), metavar="CIDR",
            help="Clients from this network (the load balancers) must send a PROXY protocol "

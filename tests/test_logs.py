@@ -61,3 +61,70 @@ def test_text_is_the_default_format(capsys: pytest.CaptureFixture[str]) -> None:
     logs.get_logger("test").warning("plain")
     line = capsys.readouterr().err
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d WARNING socksauth\.test: plain\n", line)
+
+
+# What a client could put in a username or a target name to forge or colour a line.
+FORGERIES = {
+    "newline": "x\n2026-12-02T07:00:00 INFO socksauth.client: 10.9.9.9:1 user=admin closed",
+    "carriage return": "x\r2026-12-02T07:00:00 INFO socksauth.client: forged",
+    "ansi escape": "\x1b[31mred\x1b[0m",
+    "line separator": "x\u20282026-12-02T07:00:00 INFO forged",
+    "next line": "x\x852026-12-02T07:00:00 INFO forged",
+    "backslash": "looks\\nescaped",
+}
+
+
+@pytest.mark.parametrize("text", FORGERIES.values(), ids=FORGERIES.keys())
+def test_escape_leaves_one_printable_line_that_says_what_was_sent(text: str) -> None:
+    escaped = logs.escape(text)
+    assert escaped.isprintable()
+    assert len(escaped.splitlines()) == 1
+    assert "\x1b" not in escaped
+    # Unambiguous: read back as a Python string literal it is the text that was sent.
+    assert escaped.encode().decode("unicode_escape") == text
+
+
+def test_escape_returns_printable_text_unchanged() -> None:
+    assert logs.escape("alice@example.com:443 ünïcödé") == "alice@example.com:443 ünïcödé"
+
+
+@pytest.mark.parametrize("text", FORGERIES.values(), ids=FORGERIES.keys())
+@pytest.mark.parametrize("conversion", ["%s", "%r"])
+def test_a_text_line_cannot_be_forged_or_coloured_by_an_argument(
+    capsys: pytest.CaptureFixture[str], text: str, conversion: str
+) -> None:
+    logs.configure("INFO", "text")
+    logs.get_logger("client").info(f"login failed for user {conversion} to %s", text, text)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("\n")
+    line = err[:-1]
+    assert line.isprintable(), line
+    assert len(line.splitlines()) == 1
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d INFO socksauth\.client: login failed", line)
+
+
+@pytest.mark.parametrize("text", FORGERIES.values(), ids=FORGERIES.keys())
+def test_a_json_line_cannot_be_forged_or_coloured_by_an_argument_or_an_extra(
+    capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    logs.configure("INFO", "json")
+    logs.get_logger("client").info("user=%s target %r", text, text, extra={"user": text})
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err[:-1].isprintable()
+    entry = json.loads(err)
+    assert entry["message"].isprintable()
+    assert entry["message"].startswith(f"user={logs.escape(text)} target ")
+    assert entry["user"] == logs.escape(text)
+
+
+def test_numbers_keep_their_formats_and_a_mismatched_call_keeps_its_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.configure("INFO", "text")
+    log = logs.get_logger("test")
+    log.info("out=%d %.3fs %s", 12, 0.5, "x\ny")
+    log.info("%d needs a number", "x\ny")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("socksauth.test: out=12 0.500s x\\ny")
+    assert len(lines) == 2 and lines[1].endswith("%d needs a number ('x\\\\ny',)")

@@ -2,22 +2,25 @@
 
 Unknown, disabled and expired users cost the same as a wrong password: the hash that is
 verified is then a dummy one with the same parameters, and every failure gets the same answer.
-Failures are throttled per client address and username (auth/throttle.py); at most
-``max_concurrent`` verifications run at once (argon2 takes 19 MiB each), the rest wait.
+Failures are throttled per (username, client address) pair (auth/throttle.py): delayed, then
+locked out, each refusal answered as a wrong password; at most ``max_concurrent``
+verifications run at once (argon2 takes 19 MiB each), the rest wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 
 from socksauth.auth import passwords
 from socksauth.auth.accounts import validate_username
 from socksauth.auth.cache import VerificationCache
-from socksauth.auth.throttle import LoginThrottle
+from socksauth.auth.throttle import Failure, LoginThrottle
 from socksauth.errors import DatabaseError, StoreUnavailable, UserError
 from socksauth.health import Health, Tally, describe
 from socksauth.logs import get_logger
@@ -97,6 +100,23 @@ class LoginRecorder:
             )
 
 
+class LoginRefusal(enum.Enum):
+    """Why a login was refused; the client is told the same for each (no oracle)."""
+
+    AUTH_FAILED = "auth_failed"  # verified: wrong password, unknown or unusable account
+    THROTTLED = "throttled"  # failed after a throttle delay, or too many delayed at once
+    LOCKED_OUT = "locked_out"  # not verified: the pair is locked
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    """A login's user (None: refused), why it was refused, and the delay it waited."""
+
+    user: UserRecord | None
+    refusal: LoginRefusal | None = None
+    delay_seconds: float = 0.0
+
+
 class Authenticator:
     """Checks RFC 1929 credentials against the user store."""
 
@@ -134,11 +154,25 @@ class Authenticator:
         """Write the last summary of refused logins (at shutdown)."""
         self.refused.close()
 
+    @property
+    def throttle(self) -> LoginThrottle:
+        return self._throttle
+
     async def authenticate(
         self, username: str, password: str, client_host: str = ""
     ) -> UserRecord | None:
         """The user if the password is right and the account enabled and not expired, else
-        None; also None, without verifying, while ``client_host`` is locked out for it.
+        None (login() says why).
+
+        Raises:
+            StoreUnavailable: the account is not in memory and the store did not answer.
+        """
+        return (await self.login(username, password, client_host)).user
+
+    async def login(self, username: str, password: str, client_host: str = "") -> LoginResult:
+        """authenticate(), with the reason of a refusal: refused without verifying while the
+        (username, ``client_host``) pair is locked out, or when the address already has as
+        many delayed attempts waiting as it may.
 
         Raises:
             StoreUnavailable: the account is not in memory and the store did not answer.
@@ -146,11 +180,19 @@ class Authenticator:
         if self._dummy_hash is None:
             await self.start()
         assert self._dummy_hash is not None
-        admission = self._throttle.admit(client_host, username)
+        throttle = self._throttle
+        admission = throttle.admit(client_host, username)
         if admission.locked:
-            return None
-        if admission.delay_seconds:
-            await asyncio.sleep(admission.delay_seconds)
+            return LoginResult(None, LoginRefusal.LOCKED_OUT)
+        delay = admission.delay_seconds
+        if delay:
+            if not throttle.hold(client_host):
+                return LoginResult(None, LoginRefusal.THROTTLED)
+            throttle.observer.delayed(delay)
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                throttle.release(client_host)
         # A name no account can have (NUL, other control characters, bytes that are not
         # UTF-8) is an unknown user without asking the database, which may refuse to even
         # compare it (PostgreSQL rejects NUL in text). Found by tests/server/test_fuzz.py.
@@ -164,23 +206,30 @@ class Authenticator:
         stored_hash = user.password_hash if user is not None and usable else self._dummy_hash
         if usable and self._cache.contains(username, stored_hash, password):
             assert user is not None
-            self._throttle.succeeded(client_host, username)
+            throttle.succeeded(client_host, username)
             self._logins.record(user.username)
-            return user
+            return LoginResult(user, delay_seconds=delay)
         loop = asyncio.get_running_loop()
         async with self._verifying:
             matches = await loop.run_in_executor(
                 self._executor, passwords.verify_password, password, stored_hash
             )
         if not (matches and usable and user is not None):
-            self._throttle.failed(client_host, username)
-            return None
-        self._throttle.succeeded(client_host, username)
+            if user is None:
+                reason = Failure.UNKNOWN_USER
+            elif not usable:
+                reason = Failure.UNUSABLE_ACCOUNT
+            else:
+                reason = Failure.WRONG_PASSWORD
+            throttle.failed(client_host, username, password, reason)
+            refusal = LoginRefusal.THROTTLED if delay else LoginRefusal.AUTH_FAILED
+            return LoginResult(None, refusal, delay)
+        throttle.succeeded(client_host, username)
         if passwords.needs_rehash(stored_hash):
             stored_hash = await self._rehash(user, password, loop)
         self._cache.add(username, stored_hash, password)
         self._logins.record(user.username)
-        return user
+        return LoginResult(user, delay_seconds=delay)
 
     async def _rehash(
         self, user: UserRecord, password: str, loop: asyncio.AbstractEventLoop

@@ -8,7 +8,7 @@ logins within the feed's delay (milliseconds with PostgreSQL NOTIFY, one poll ot
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
 from socksauth.store.interfaces import UserLookup, UserRecord
@@ -21,15 +21,20 @@ MAX_ENTRIES = 50_000
 class UserCache:
     """A UserLookup in front of another, for the login path."""
 
-    __slots__ = ("_generation", "_max_entries", "_records", "_users")
+    __slots__ = ("_generation", "_max_entries", "_records", "_users", "before_lookup")
 
     def __init__(self, users: UserLookup, max_entries: int = MAX_ENTRIES) -> None:
         self._users = users
         self._max_entries = max_entries
         self._records: dict[str, UserRecord | None] = {}
         self._generation = 0
+        # Awaited before each lookup (Access.ensure_current): makes sure a change committed
+        # a moment ago has invalidated this cache before a login trusts it.
+        self.before_lookup: Callable[[], Awaitable[None]] | None = None
 
     async def get_user(self, username: str) -> UserRecord | None:
+        if self.before_lookup is not None:
+            await self.before_lookup()
         try:
             return self._records[username]
         except KeyError:

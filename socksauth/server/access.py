@@ -117,6 +117,7 @@ class Access:
         self.changes = changes
         self._on_users_changed = on_users_changed
         self._revision: int | None = None
+        self._checking: asyncio.Task[bool] | None = None
         self._own_endpoints: tuple[tuple[str, int], ...] = ()
         self._other_endpoints: tuple[tuple[str, int], ...] = ()
 
@@ -178,6 +179,33 @@ class Access:
             self._on_users_changed()
         await self.load_rules()
         return True
+
+    async def ensure_current(self) -> None:
+        """Before a login trusts a cached account: when the store may have changed since
+        the last look (ChangeFeed.maybe_changed(), a stat on SQLite), read its change
+        counter first, so an account disabled, deleted, expired or re-passworded a moment
+        ago is decided on its new state. A login that arrives while such a read is under
+        way waits for it too. Costs no query while nothing changed; on a database error
+        the cached accounts stay (and the error is logged)."""
+        if self.changes is None:
+            return
+        # One turn of the loop first: a notification already in the socket's buffer
+        # (PostgreSQL) is read before this login is decided.
+        await asyncio.sleep(0)
+        if self._checking is None and self.changes.maybe_changed():
+            self._checking = asyncio.get_running_loop().create_task(
+                self.check_changes(), name="check-changes"
+            )
+            self._checking.add_done_callback(self._checked)
+        if self._checking is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._checking)
+
+    def _checked(self, task: asyncio.Task[bool]) -> None:
+        if self._checking is task:
+            self._checking = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not read the store's change counter: %s", task.exception())
 
     async def current_users(self, usernames: Iterable[str]) -> dict[str, UserRecord]:
         if self._users is None:

@@ -18,6 +18,8 @@ from socksauth.store.interfaces import AuditEntry
 _REJECTED = frozenset(
     {
         Outcome.AUTH_FAILED,
+        Outcome.THROTTLED,
+        Outcome.LOCKED_OUT,
         Outcome.NO_ACCEPTABLE_METHOD,
         Outcome.PROTOCOL_ERROR,
         Outcome.STORE_UNAVAILABLE,

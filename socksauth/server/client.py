@@ -12,7 +12,7 @@ from typing import Protocol, cast
 from uuid import UUID
 
 from socksauth import protocol
-from socksauth.auth.authenticator import Authenticator
+from socksauth.auth.authenticator import Authenticator, LoginRefusal
 from socksauth.config import ListenAddress, Settings
 from socksauth.errors import StoreUnavailable
 from socksauth.logs import get_logger
@@ -72,6 +72,8 @@ class Outcome(enum.Enum):
     SHUTDOWN = "shutdown"
     NO_ACCEPTABLE_METHOD = "no_acceptable_method"
     AUTH_FAILED = "auth_failed"
+    THROTTLED = "throttled"  # login failed after a throttle delay, or too many were delayed
+    LOCKED_OUT = "locked_out"  # login refused unverified: the (user, address) pair is locked
     PROTOCOL_ERROR = "protocol_error"
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     CLIENT_GONE = "client_gone"  # closed during the handshake
@@ -86,6 +88,12 @@ class Outcome(enum.Enum):
     STORE_UNAVAILABLE = "store_unavailable"  # login not checkable: the store is down (0x01)
     ERROR = "error"
 
+
+_OUTCOME_BY_REFUSAL = {
+    LoginRefusal.AUTH_FAILED: Outcome.AUTH_FAILED,
+    LoginRefusal.THROTTLED: Outcome.THROTTLED,
+    LoginRefusal.LOCKED_OUT: Outcome.LOCKED_OUT,
+}
 
 _OUTCOME_BY_CLOSE = {
     CloseReason.CLOSED: Outcome.CLOSED,
@@ -518,7 +526,7 @@ class ClientConnection:
                 assert isinstance(credentials, Credentials)
                 record.username = credentials.username
                 try:
-                    user = await self._authenticator.authenticate(
+                    result = await self._authenticator.login(
                         credentials.username, credentials.password, client_host
                     )
                 except StoreUnavailable:
@@ -528,13 +536,21 @@ class ClientConnection:
                     transport.write(self._conn.send(AuthReply(AuthStatus.FAILURE)))
                     record.outcome = Outcome.STORE_UNAVAILABLE
                     return None
-                self.user = user
+                user = self.user = result.user
+                # The same RFC 1929 failure whether the password was wrong, the attempt
+                # delayed or the pair locked out: no oracle for a guesser.
                 status = AuthStatus.SUCCESS if user is not None else AuthStatus.FAILURE
                 transport.write(self._conn.send(AuthReply(status)))
                 if user is None:
                     # RFC 1929 §2: on failure "the server MUST close the connection".
-                    record.outcome = Outcome.AUTH_FAILED
-                    log.info("%s: login failed for user %r", record.client, credentials.username)
+                    refusal = result.refusal or LoginRefusal.AUTH_FAILED
+                    record.outcome = _OUTCOME_BY_REFUSAL[refusal]
+                    log.info(
+                        "%s: login failed for user %r (%s)",
+                        record.client,
+                        credentials.username,
+                        refusal.value,
+                    )
                     return None
             request = await self._next_event()
             if isinstance(request, ConnectionClosed):

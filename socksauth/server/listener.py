@@ -168,6 +168,11 @@ class ProxyServer:
         """The settings in force (replaced by a reload)."""
         return self._settings
 
+    @property
+    def authenticator(self) -> Authenticator:
+        """Who checks logins (and throttles them)."""
+        return self._authenticator
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self._listen_sockets:

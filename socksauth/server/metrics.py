@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from socksauth.audit import AuditLog
+from socksauth.auth.throttle import Failure
 from socksauth.metrics import Metrics
 from socksauth.protocol import Reply
 from socksauth.server.client import ConnectionRecord, Outcome
@@ -14,6 +15,9 @@ from socksauth.server.client import ConnectionRecord, Outcome
 # How often the audit's counters are copied into the metrics: in multi-process mode the
 # worker that answers a scrape cannot read another worker's AuditLog, only its metric files.
 AUDIT_SAMPLE_SECONDS = 1.0
+
+
+_FAILED_LOGINS = frozenset({Outcome.AUTH_FAILED, Outcome.THROTTLED, Outcome.LOCKED_OUT})
 
 
 class MetricsObserver:
@@ -45,7 +49,7 @@ class MetricsObserver:
             # A refusal: the connection is closed right after its reply, so the whole
             # connection is (to a few microseconds) the handshake.
             metrics.handshake_duration.observe(record.duration_seconds)
-        if record.outcome is Outcome.AUTH_FAILED:
+        if record.outcome in _FAILED_LOGINS:
             metrics.failed_logins.inc()
         if metrics.per_user:
             user = _user(record)
@@ -100,3 +104,27 @@ class AuditSampler:
         while True:
             self.sample()
             await asyncio.sleep(interval_seconds)
+
+
+class ThrottleMetrics:
+    """A ThrottleObserver that counts into the metrics."""
+
+    __slots__ = ("_metrics",)
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def failed(self, reason: Failure) -> None:
+        self._metrics.login_failures.labels(reason.value).inc()
+
+    def delayed(self, seconds: float) -> None:
+        self._metrics.login_delay.observe(seconds)
+
+    def lockout_started(self) -> None:
+        self._metrics.login_lockouts.inc()
+
+    def locked_now(self, count: int) -> None:
+        self._metrics.login_locked.set(count)
+
+    def store_error(self) -> None:
+        self._metrics.throttle_store_errors.inc()

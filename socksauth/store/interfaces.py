@@ -110,6 +110,11 @@ class ChangeFeed(Protocol):
         tell (then poll ``revision``). Call again to re-establish a lost subscription."""
         ...
 
+    def maybe_changed(self) -> bool:
+        """Without a query: whether a change may have been committed since the last call
+        (False means certainly not, or that changes are pushed through ``listen``)."""
+        ...
+
 
 class ConnectionLeases(Protocol):
     """Per-user connection counts shared by every node on the database."""
@@ -175,8 +180,14 @@ INTERRUPTED = "interrupted"
 OPEN = "open"
 # The outcome of a wrong password, unknown or disabled user: a "failed login" in the stats.
 AUTH_FAILED = "auth_failed"
-# A login refused because the store could not be asked (the database down, not the password).
+# A login refused because the store could not be asked (the database down, not the password):
+# not the client's doing, so not a failed login.
 STORE_UNAVAILABLE = "store_unavailable"
+# A login refused by the throttle (delayed and failed, or too many delayed at once), and one
+# refused unverified while its (username, address) pair is locked out: failed logins too.
+THROTTLED = "throttled"
+LOCKED_OUT = "locked_out"
+FAILED_LOGIN_OUTCOMES = (AUTH_FAILED, THROTTLED, LOCKED_OUT)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -276,4 +287,81 @@ class AuditReader(Protocol):
 
     async def prune(self, before: datetime) -> int:
         """Delete finished entries that started before ``before``; how many were deleted."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThrottlePair:
+    """One (username, address) pair of the login throttle as stored for every node. Times
+    are seconds since the epoch; ``recent`` the keyed HMACs of its last wrong passwords."""
+
+    username: str
+    address: str
+    failures: int
+    last_failure_at: float
+    locked_until: float
+    lockouts: int
+    day_failures: int
+    day_started_at: float
+    recent: tuple[bytes, ...] = ()
+    # The last successful login from the address (familiar standing); 0: none. In an
+    # update: -1 takes the standing away.
+    familiar_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThrottleUpdate:
+    """What one process adds to a pair: failures counted since its last write (added to
+    the stored count, so concurrent writers never lose one), and its view of the rest."""
+
+    pair: ThrottlePair  # failures / day_failures: the ones added, not the totals
+    locked: bool = False  # this process has just locked the pair: tell the others
+    succeeded: bool = False  # a success: the pair starts afresh, familiar since familiar_at
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThrottleEvent:
+    """A lockout ("lock": username, network = the address) or a clear ("clear": either or
+    both may be None, meaning any) that every node applies."""
+
+    id: int
+    kind: str
+    username: str | None
+    network: str | None
+
+
+class ThrottleStore(Protocol):
+    """The login throttle's state shared through the database (store/throttle.py)."""
+
+    async def secret(self) -> bytes:
+        """The key of the throttle's HMACs, the same for every node."""
+        ...
+
+    async def record(
+        self, updates: Sequence[ThrottleUpdate], now: float, window_seconds: float
+    ) -> Sequence[ThrottlePair]:
+        """One transaction: each update is one atomic upsert (failures added; a pair quiet
+        for ``window_seconds`` starts afresh; a success resets it), and a "lock" event for
+        each lock; the pairs as now stored."""
+        ...
+
+    async def pairs(self, keys: Collection[tuple[str, str]]) -> Sequence[ThrottlePair]: ...
+
+    async def active(self, now: float, window_seconds: float) -> Sequence[ThrottlePair]:
+        """Pairs locked now or with a failure within the window."""
+        ...
+
+    async def events_after(self, event_id: int) -> Sequence[ThrottleEvent]: ...
+
+    async def last_event_id(self) -> int: ...
+
+    async def clear(self, username: str | None, network: str | None) -> int:
+        """Delete the matching pairs and log a "clear" event; how many were deleted."""
+        ...
+
+    async def purge(
+        self, now: float, window_seconds: float, familiar_seconds: float, max_rows: int
+    ) -> int:
+        """Delete pairs quiet for the window, not locked and not familiar, then the oldest
+        beyond ``max_rows``, and events older than an hour; how many pairs went."""
         ...

@@ -155,3 +155,45 @@ class ConnectionLeaseRow(Base):
     username: Mapped[str] = mapped_column(String(255), primary_key=True)
     connections: Mapped[int] = mapped_column(Integer, nullable=False)
     renewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class LoginThrottleRow(Base):
+    """One (username, address) pair's failures and lockout, shared by every node
+    (store/throttle.py); ``recent`` holds keyed HMACs (hex, comma-separated), no password."""
+
+    __tablename__ = "login_throttle"
+    __table_args__ = (Index("ix_login_throttle_last_failure_at", "last_failure_at"),)
+
+    username: Mapped[str] = mapped_column(String(255), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, nullable=False)
+    last_failure_at: Mapped[float] = mapped_column(Float, nullable=False)
+    locked_until: Mapped[float] = mapped_column(Float, nullable=False)
+    lockouts: Mapped[int] = mapped_column(Integer, nullable=False)
+    day_failures: Mapped[int] = mapped_column(Integer, nullable=False)
+    day_started_at: Mapped[float] = mapped_column(Float, nullable=False)
+    recent: Mapped[str] = mapped_column(String(400), nullable=False)
+    familiar_at: Mapped[float] = mapped_column(Float, nullable=False, server_default="0")
+
+
+class LoginThrottleEventRow(Base):
+    """A lockout (``kind`` "lock") or a clear ("clear", by username and/or network) that
+    every node applies; inserting one bumps the store revision (migration 0005)."""
+
+    __tablename__ = "login_throttle_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    username: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    network: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class LoginThrottleKeyRow(Base):
+    """One row: the secret keying the throttle's HMACs, the same for every node."""
+
+    __tablename__ = "login_throttle_key"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret: Mapped[str] = mapped_column(String(64), nullable=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ from socksauth.errors import UserError
 from socksauth.store.database import database_errors
 from socksauth.store.interfaces import UserRecord
 from socksauth.store.models import UserRow
+from socksauth.store.throttle import clear_pairs
 from socksauth.store.times import from_db, to_utc
 
 # The Table itself: a Core executemany UPDATE with bound names needs its ``.c`` columns.
@@ -116,12 +118,14 @@ class SqlUserStore:
         )
 
     async def set_password_hash(self, username: str, password_hash: str) -> None:
-        """Replace the password hash; UserError if there is no such user."""
-        await self._update_one(username, password_hash=password_hash)
+        """Replace the password hash; UserError if there is no such user. The user's login
+        throttle counters and lockouts are cleared on every node (an admin's reset)."""
+        await self._update_one(username, clear_throttle=True, password_hash=password_hash)
 
     async def set_enabled(self, username: str, enabled: bool) -> None:
-        """Enable or disable; UserError if there is no such user."""
-        await self._update_one(username, enabled=enabled)
+        """Enable or disable; UserError if there is no such user. Enabling also clears the
+        user's login throttle counters and lockouts on every node."""
+        await self._update_one(username, clear_throttle=enabled, enabled=enabled)
 
     async def delete_user(self, username: str) -> None:
         """Delete the account; UserError if there is no such user."""
@@ -166,15 +170,20 @@ class SqlUserStore:
             rows = result.all()
         return {row.username: _record(row) for row in rows}
 
-    async def _update_one(self, username: str, **values: Any) -> None:
+    async def _update_one(
+        self, username: str, *, clear_throttle: bool = False, **values: Any
+    ) -> None:
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 update(UserRow)
                 .where(UserRow.username == username)
                 .values(**values, updated_at=_now())
             )
-        if result.rowcount == 0:
-            raise _unknown(username)
+            if result.rowcount == 0:
+                raise _unknown(username)  # nothing was changed: the rollback is a no-op
+            if clear_throttle:
+                # In the same transaction: the new password and the reset go together.
+                await clear_pairs(conn, username, None, time.time())
 
 
 def _unknown(username: str) -> UserError:

@@ -18,14 +18,7 @@ from socksauth.auth.cache import VerificationCache
 from socksauth.auth.throttle import LoginThrottle, ThrottleSettings
 from socksauth.store.users import SqlUserStore
 
-UNTHROTTLED = LoginThrottle(
-    ThrottleSettings(
-        free_failures=10**6,
-        address_lockout_failures=10**6,
-        pair_lockout_failures=10**6,
-        user_alert_failures=10**6,
-    )
-)
+UNTHROTTLED = LoginThrottle(ThrottleSettings(enabled=False))
 
 
 @pytest.fixture

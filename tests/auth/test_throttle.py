@@ -1,12 +1,17 @@
-"""LoginThrottle with a fake clock: delays grow, lockouts start and end, bystanders pass."""
+"""LoginThrottle with a fake clock: per-pair delays and lockouts, repeats, familiar
+addresses, spraying, exempt networks, clearing."""
 
 from __future__ import annotations
+
+import ipaddress
+import logging
 
 import pytest
 
 from socksauth.auth.throttle import (
     ADMIT,
     LOCKED,
+    Failure,
     LoginThrottle,
     ThrottleSettings,
     address_key,
@@ -14,24 +19,40 @@ from socksauth.auth.throttle import (
 from socksauth.errors import ConfigError
 
 ATTACKER, USER_HOME, OTHER = "203.0.113.9", "198.51.100.7", "192.0.2.44"
-SETTINGS = ThrottleSettings(
-    free_failures=3,
-    base_delay_seconds=0.5,
-    max_delay_seconds=4.0,
-    address_lockout_failures=12,
-    pair_lockout_failures=6,
-    user_alert_failures=8,
-    lockout_seconds=300.0,
-    window_seconds=600.0,
-)
+SETTINGS = ThrottleSettings()  # the defaults are the policy under test
 
 
 class FakeClock:
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = 1_800_000_000.0
 
     def __call__(self) -> float:
         return self.now
+
+
+class Counted:
+    """A ThrottleObserver that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.reasons: list[Failure] = []
+        self.delays: list[float] = []
+        self.lockouts = 0
+        self.locked = 0
+
+    def failed(self, reason: Failure) -> None:
+        self.reasons.append(reason)
+
+    def delayed(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+    def lockout_started(self) -> None:
+        self.lockouts += 1
+
+    def locked_now(self, count: int) -> None:
+        self.locked = count
+
+    def store_error(self) -> None:
+        pass
 
 
 @pytest.fixture
@@ -40,139 +61,243 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def throttle(clock: FakeClock) -> LoginThrottle:
-    return LoginThrottle(SETTINGS, clock)
+def counted() -> Counted:
+    return Counted()
 
 
-def fail(throttle: LoginThrottle, host: str, username: str, times: int = 1) -> None:
-    for _ in range(times):
-        admission = throttle.admit(host, username)
-        assert not admission.locked
-        throttle.failed(host, username)
+@pytest.fixture
+def throttle(clock: FakeClock, counted: Counted) -> LoginThrottle:
+    return LoginThrottle(SETTINGS, clock, counted)
 
 
-def test_the_first_failures_are_free_then_the_delay_doubles_up_to_the_cap(
-    throttle: LoginThrottle,
+def fail(
+    throttle: LoginThrottle, host: str, username: str, times: int = 1, prefix: str = "guess"
 ) -> None:
+    """``times`` wrong passwords, each a different one."""
+    for index in range(times):
+        assert not throttle.admit(host, username).locked
+        throttle.failed(host, username, f"{prefix}-{index}-{throttle.tracked}")
+
+
+def test_three_failures_are_free_then_the_delay_doubles_up_to_4_s(throttle: LoginThrottle) -> None:
     delays = []
-    for _ in range(6):
-        admission = throttle.admit(ATTACKER, "alice")
-        delays.append(admission.delay_seconds)
-        throttle.failed(ATTACKER, "alice")
-    assert delays == [0.0, 0.0, 0.0, 0.5, 1.0, 2.0]
-    fail(throttle, ATTACKER, "bob", 3)  # the address counter keeps growing across names
-    assert throttle.admit(ATTACKER, "carol").delay_seconds == 4.0
+    for index in range(9):
+        delays.append(throttle.admit(ATTACKER, "alice").delay_seconds)
+        throttle.failed(ATTACKER, "alice", f"guess-{index}")
+    assert delays == [0.0, 0.0, 0.0, 0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
 
 
-def test_one_name_from_one_address_locks_out_before_the_address_does(
+def test_bob_from_the_same_address_is_not_slowed_by_alices_failures(
     throttle: LoginThrottle,
 ) -> None:
-    fail(throttle, ATTACKER, "alice", SETTINGS.pair_lockout_failures)
+    fail(throttle, ATTACKER, "alice", 9)
+    assert throttle.admit(ATTACKER, "bob") == ADMIT
+    throttle.failed(ATTACKER, "alice", "one more")
     assert throttle.admit(ATTACKER, "alice") is LOCKED
-    assert not throttle.admit(ATTACKER, "bob").locked
+    assert throttle.admit(ATTACKER, "bob") == ADMIT
 
 
-def test_an_address_trying_many_names_is_locked_out_for_all(throttle: LoginThrottle) -> None:
-    for index in range(SETTINGS.address_lockout_failures):
-        fail(throttle, ATTACKER, f"user{index}")
-    assert throttle.admit(ATTACKER, "someone-new") is LOCKED
-    assert throttle.admit(OTHER, "someone-new") == ADMIT
+def test_ten_counted_failures_lock_the_pair_for_60_s_doubling_up_to_900_s(
+    throttle: LoginThrottle, clock: FakeClock, counted: Counted, caplog: pytest.LogCaptureFixture
+) -> None:
+    lockouts = []
+    with caplog.at_level(logging.WARNING, "socksauth.throttle"):
+        fail(throttle, ATTACKER, "alice", 10)
+        for _ in range(6):
+            assert throttle.admit(ATTACKER, "alice") is LOCKED
+            started = clock.now
+            while throttle.admit(ATTACKER, "alice") is LOCKED:
+                clock.now += 1
+            lockouts.append(clock.now - started)
+            # After a lockout: no free failures, so 7 more (delayed) guesses lock it again.
+            assert throttle.admit(ATTACKER, "alice").delay_seconds == 0.5
+            fail(throttle, ATTACKER, "alice", 7, prefix=f"round-{len(lockouts)}")
+    assert lockouts == [60, 120, 240, 480, 900, 900]
+    assert counted.lockouts == 7 and counted.locked == 1
+    locked_lines = [r.getMessage() for r in caplog.records if "locked for" in r.getMessage()]
+    assert len(locked_lines) == 7  # one line per lockout, not per refused attempt
+    assert "'alice' from 203.0.113.9 locked for 60 s" in locked_lines[0]
 
 
-def test_the_lockout_ends_on_time_and_locked_attempts_do_not_extend_it(
+def test_failures_while_locked_do_not_count(throttle: LoginThrottle, clock: FakeClock) -> None:
+    fail(throttle, ATTACKER, "alice", 10)
+    for index in range(50):  # attempts in flight when the lock started
+        throttle.failed(ATTACKER, "alice", f"late-{index}")
+    clock.now += 60
+    assert throttle.admit(ATTACKER, "alice").delay_seconds == 0.5
+
+
+def test_counters_decay_after_the_window_and_a_success_resets_the_pair(
     throttle: LoginThrottle, clock: FakeClock
 ) -> None:
-    fail(throttle, ATTACKER, "alice", SETTINGS.pair_lockout_failures)
-    for _ in range(100):
-        clock.now += 2.9
-        assert throttle.admit(ATTACKER, "alice") is LOCKED
-    clock.now += SETTINGS.lockout_seconds - 290 + 1
-    admission = throttle.admit(ATTACKER, "alice")
-    assert not admission.locked
-    # The address's own failures are remembered for the longer window: still slowed down.
-    assert admission.delay_seconds > 0
-
-
-def test_failures_are_forgotten_after_a_quiet_window(
-    throttle: LoginThrottle, clock: FakeClock
-) -> None:
-    fail(throttle, ATTACKER, "alice", 5)
-    assert throttle.admit(ATTACKER, "alice").delay_seconds > 0
+    fail(throttle, ATTACKER, "alice", 6)
     clock.now += SETTINGS.window_seconds
     assert throttle.admit(ATTACKER, "alice") == ADMIT
+    fail(throttle, OTHER, "alice", 6)
+    throttle.succeeded(OTHER, "alice")
+    assert throttle.admit(OTHER, "alice") == ADMIT
 
 
-def test_the_owner_from_a_clean_address_is_not_locked_out_by_a_distributed_attack(
+def test_repeating_one_of_the_last_three_wrong_passwords_does_not_count(
+    throttle: LoginThrottle, counted: Counted
+) -> None:
+    # A script with a stale password, retrying forever, plus a user cycling two typos.
+    for _ in range(200):
+        for password in ("stale", "typo-1", "typo-2"):
+            assert not throttle.admit(ATTACKER, "alice").locked
+            throttle.failed(ATTACKER, "alice", password)
+    # Three counted (the free ones): delayed from now on, never locked by the repeats.
+    assert throttle.admit(ATTACKER, "alice").delay_seconds == 0.5
+    assert counted.reasons.count(Failure.REPEATED_PASSWORD) == 597
+    # A fourth password pushes the first out of the three remembered ones.
+    fail(throttle, ATTACKER, "alice", 1)
+    throttle.failed(ATTACKER, "alice", "stale")
+    assert throttle.admit(ATTACKER, "alice").delay_seconds == 2.0
+
+
+def test_the_remembered_passwords_are_keyed_digests_not_the_passwords(
     throttle: LoginThrottle,
 ) -> None:
-    # Many addresses, a few guesses each: none reaches a per-address threshold, but the name
-    # is now under attack.
-    for index in range(SETTINGS.user_alert_failures // 2):
-        fail(throttle, f"203.0.113.{index}", "alice", 2)
-    # Every attacking address that failed for alice is now locked out for her ...
-    assert throttle.admit("203.0.113.3", "alice") is LOCKED
-    # ... a fresh attacking address gets one guess, then it is locked out too ...
-    fail(throttle, "203.0.113.200", "alice")
-    assert throttle.admit("203.0.113.200", "alice") is LOCKED
-    # ... and the owner, whose address never failed, logs in without delay.
-    assert throttle.admit(USER_HOME, "alice") == ADMIT
+    throttle.failed(ATTACKER, "alice", "hunter2-secret")
+    pair = throttle.pair_state("alice", ATTACKER)
+    assert pair is not None and len(pair.recent) == 1
+    assert b"hunter2" not in pair.recent[0] and len(pair.recent[0]) == 16
+    other = LoginThrottle(SETTINGS)
+    other.failed(ATTACKER, "alice", "hunter2-secret")
+    other_pair = other.pair_state("alice", ATTACKER)
+    assert other_pair is not None and other_pair.recent[0] != pair.recent[0]
+
+
+def test_a_familiar_pair_is_delayed_but_not_locked_until_50_failures_in_a_day(
+    throttle: LoginThrottle, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
     throttle.succeeded(USER_HOME, "alice")
-    # Other names from the attacking addresses are not affected by alice's alert.
-    assert not throttle.admit("203.0.113.3", "bob").locked
+    clock.now += 29 * 86_400  # still familiar after 29 days
+    with caplog.at_level(logging.WARNING, "socksauth.throttle"):
+        fail(throttle, USER_HOME, "alice", 50)
+        assert throttle.admit(USER_HOME, "alice").delay_seconds == 4.0
+        assert not caplog.records
+        fail(throttle, USER_HOME, "alice", 1)  # the 51st: loses its standing, warned
+        assert "lost its familiar standing" in caplog.text
+    assert throttle.admit(USER_HOME, "alice") is LOCKED
 
 
-def test_the_owner_is_not_locked_out_by_one_address_hammering_their_name(
+def test_familiar_standing_ends_after_30_days(throttle: LoginThrottle, clock: FakeClock) -> None:
+    throttle.succeeded(USER_HOME, "alice")
+    clock.now += 30 * 86_400 + 1
+    fail(throttle, USER_HOME, "alice", 10)
+    assert throttle.admit(USER_HOME, "alice") is LOCKED
+
+
+def test_failures_from_elsewhere_never_lock_the_owner_out_of_a_familiar_address(
     throttle: LoginThrottle,
 ) -> None:
-    fail(throttle, ATTACKER, "alice", SETTINGS.pair_lockout_failures)
+    throttle.succeeded(USER_HOME, "alice")
+    for index in range(50):
+        fail(throttle, f"203.0.113.{index + 1}", "alice", 10)
+    assert throttle.admit(USER_HOME, "alice") == ADMIT
+
+
+def test_an_address_failing_for_ten_usernames_is_delayed_as_a_whole(
+    throttle: LoginThrottle, clock: FakeClock
+) -> None:
+    throttle.succeeded(ATTACKER, "carol")  # carol logs in from there regularly
+    for index in range(9):
+        fail(throttle, ATTACKER, f"user{index}")
+    assert throttle.admit(ATTACKER, "bob") == ADMIT
+    fail(throttle, ATTACKER, "user9")
+    assert throttle.admit(ATTACKER, "bob").delay_seconds == 0.5
+    fail(throttle, ATTACKER, "user10")
+    fail(throttle, ATTACKER, "user11")
+    assert throttle.admit(ATTACKER, "someone-new").delay_seconds == 2.0
+    assert throttle.admit(ATTACKER, "carol") == ADMIT  # a familiar pair is not sprayed on
+    assert throttle.admit(OTHER, "bob") == ADMIT
+    clock.now += SETTINGS.window_seconds
+    assert throttle.admit(ATTACKER, "bob") == ADMIT
+
+
+def test_at_most_four_delayed_attempts_per_address_wait_at_once(
+    throttle: LoginThrottle, counted: Counted
+) -> None:
+    assert [throttle.hold(ATTACKER) for _ in range(5)] == [True, True, True, True, False]
+    assert counted.reasons == [Failure.TOO_MANY_DELAYED]
+    assert throttle.hold(OTHER)
+    throttle.release(ATTACKER)
+    assert throttle.hold(ATTACKER)
+
+
+def test_exempt_networks_are_delayed_at_most(clock: FakeClock) -> None:
+    settings = ThrottleSettings(exempt_networks=(ipaddress.ip_network("10.0.0.0/8"),))
+    throttle = LoginThrottle(settings, clock)
+    fail(throttle, "10.1.2.3", "alice", 100)
+    assert throttle.admit("10.1.2.3", "alice").delay_seconds == 4.0
+    fail(throttle, ATTACKER, "alice", 10)
     assert throttle.admit(ATTACKER, "alice") is LOCKED
-    assert throttle.admit(USER_HOME, "alice") == ADMIT
 
 
-def test_a_success_clears_the_pair_but_not_the_address(throttle: LoginThrottle) -> None:
-    fail(throttle, ATTACKER, "victim", SETTINGS.pair_lockout_failures - 1)
-    throttle.admit(ATTACKER, "mine")
-    throttle.succeeded(ATTACKER, "mine")
-    # Logging in to an account of one's own does not reset the guesses at another ...
-    fail(throttle, ATTACKER, "victim")
-    assert throttle.admit(ATTACKER, "victim") is LOCKED
-    # ... while a user who mistyped and then got it right starts afresh for that name.
-    fail(throttle, USER_HOME, "alice", 2)
-    throttle.admit(USER_HOME, "alice")
-    throttle.succeeded(USER_HOME, "alice")
-    fail(throttle, USER_HOME, "alice", SETTINGS.pair_lockout_failures - 1)
-    assert not throttle.admit(USER_HOME, "alice").locked
+def test_switched_off_it_admits_everything(clock: FakeClock, counted: Counted) -> None:
+    throttle = LoginThrottle(ThrottleSettings(enabled=False), clock, counted)
+    fail(throttle, ATTACKER, "alice", 100)
+    assert throttle.admit(ATTACKER, "alice") == ADMIT
+    assert counted.reasons == [Failure.WRONG_PASSWORD] * 100  # still counted in the metrics
 
 
-def test_ipv6_clients_are_counted_by_their_slash_64() -> None:
-    assert address_key("2001:db8:1:2::1") == address_key("2001:db8:1:2:ffff::9")
-    assert address_key("2001:db8:1:2::1") != address_key("2001:db8:1:3::1")
+def test_clear_lifts_by_user_by_network_or_both(throttle: LoginThrottle) -> None:
+    for host in (ATTACKER, OTHER, "2001:db8::1"):
+        for name in ("alice", "bob"):
+            fail(throttle, host, name, 10)
+    assert throttle.clear(username="alice", network=ipaddress.ip_network("203.0.113.0/24")) == 1
+    assert throttle.admit(ATTACKER, "alice") == ADMIT
+    assert throttle.admit(ATTACKER, "bob") is LOCKED
+    assert throttle.clear(network=ipaddress.ip_network("2001:db8::/32")) == 2
+    assert throttle.admit("2001:db8::2", "bob") == ADMIT
+    assert throttle.clear(username="bob") == 2
+    assert {entry.username for entry in throttle.entries()} == {"alice"}
+    assert throttle.clear() == 1
+    assert list(throttle.entries()) == []
+
+
+def test_entries_show_who_from_where_until_when_and_how_many(
+    throttle: LoginThrottle, clock: FakeClock
+) -> None:
+    fail(throttle, ATTACKER, "alice", 10)
+    fail(throttle, OTHER, "bob", 4)
+    entries = {entry.username: entry for entry in throttle.entries()}
+    assert entries["alice"].address == ATTACKER
+    assert entries["alice"].locked_until == clock.now + 60
+    assert entries["bob"].failures == 4 and entries["bob"].locked_until is None
+    assert entries["bob"].delay_seconds == 1.0
+
+
+def test_ipv6_clients_are_counted_by_their_slash_64(throttle: LoginThrottle) -> None:
+    assert address_key("2001:db8:1:2::5") == "2001:db8:1:2::/64"
     assert address_key("::ffff:192.0.2.1") == "192.0.2.1"
-    assert address_key("192.0.2.1") == "192.0.2.1"
-    throttle = LoginThrottle(SETTINGS)
-    for index in range(SETTINGS.address_lockout_failures):
-        fail(throttle, f"2001:db8:1:2::{index + 1:x}", f"user{index}")
-    assert throttle.admit("2001:db8:1:2::abcd", "new") is LOCKED
+    fail(throttle, "2001:db8:1:2::5", "alice", 10)
+    assert throttle.admit("2001:db8:1:2:ffff::9", "alice") is LOCKED
+    assert throttle.admit("2001:db8:1:3::5", "alice") == ADMIT
 
 
 def test_memory_is_bounded_by_max_entries(clock: FakeClock) -> None:
     throttle = LoginThrottle(ThrottleSettings(max_entries=100), clock)
     for index in range(1000):
-        throttle.admit(f"10.0.{index // 256}.{index % 256}", f"user{index}")
-        throttle.failed(f"10.0.{index // 256}.{index % 256}", f"user{index}")
-    assert throttle.tracked == (100, 100, 100)
+        throttle.failed(f"10.0.{index // 250}.{index % 250}", f"user{index}", "x")
+    pairs, familiar, addresses = throttle.tracked
+    assert pairs <= 100 and familiar == 0 and addresses <= 100
 
 
 @pytest.mark.parametrize(
     "overrides",
     [
         {"free_failures": 0},
-        {"lockout_seconds": 0},
-        {"window_seconds": -1},
-        {"base_delay_seconds": 5, "max_delay_seconds": 1},
-        {"max_entries": 0},
+        {"lockout_failures": 0},
+        {"lockout_seconds": 0.0},
+        {"max_lockout_seconds": 30.0},
+        {"delay_seconds": 5.0},
+        {"window_seconds": -1.0},
+        {"remembered_passwords": 0},
+        {"max_delayed_per_address": 0},
     ],
 )
 def test_bad_settings_are_refused(overrides: dict[str, float]) -> None:
-    with pytest.raises(ConfigError, match="login throttle"):
+    with pytest.raises(ConfigError, match="login_"):
         ThrottleSettings(**overrides)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from socksauth.store.changes import SqlChangeFeed
@@ -100,5 +101,39 @@ async def test_postgresql_notifies_a_change_made_through_another_connection_at_o
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(heard.wait(), 0.3)
     finally:
+        await feed.close()
+        await other_node.dispose()
+
+
+async def test_maybe_changed_costs_no_query_and_says_yes_after_a_commit_elsewhere(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """SQLite: a stat of the file and its WAL; PostgreSQL: whether a notification came."""
+    feed = SqlChangeFeed(engine)
+    heard = asyncio.Event()
+    await feed.listen(heard.set)
+    other_node = create_engine(database_url)
+    queries = 0
+
+    def count(*args: object) -> None:
+        nonlocal queries
+        queries += 1
+
+    try:
+        feed.maybe_changed()  # the first look only remembers
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        started = time.perf_counter()
+        assert not any(feed.maybe_changed() for _ in range(10_000))
+        per_call = (time.perf_counter() - started) / 10_000
+        assert queries == 0
+        assert per_call < 50e-6, per_call  # microseconds, not a round trip
+        await SqlUserStore(other_node).add_user("carol", "$argon2id$c")
+        if feed.can_listen:
+            await asyncio.wait_for(heard.wait(), 2.0)
+        assert feed.maybe_changed()
+        assert not feed.maybe_changed()
+        assert queries == 0
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
         await feed.close()
         await other_node.dispose()
