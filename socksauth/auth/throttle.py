@@ -33,6 +33,7 @@ Memory is bounded: each table keeps its ``max_entries`` most recently failed key
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -149,6 +150,7 @@ class ThrottleEntry:
     familiar: bool
 
 
+@functools.lru_cache(maxsize=4096)  # several calls per login, with few distinct addresses
 def address_key(host: str) -> str:
     """The throttled unit for a client address: IPv4 as is, IPv6 by its /64 prefix."""
     try:
