@@ -139,8 +139,9 @@ async def test_verification_does_not_block_the_event_loop(authenticator: Authent
     elapsed = time.perf_counter() - started
     stop.set()
     await ticker
-    # A blocked loop would tick a handful of times; a free one ticks every millisecond or so.
-    assert ticks >= elapsed / 0.001 / 4
+    # A blocked loop would tick a handful of times; a free one ticks every millisecond or so
+    # (every few on a loaded machine: the bound leaves room for that, not for a blocked loop).
+    assert ticks >= elapsed / 0.001 / 10
 
 
 async def test_a_repeated_login_is_answered_from_the_cache_but_a_wrong_password_is_not(
