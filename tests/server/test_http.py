@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,6 +22,7 @@ from e2e import (
     RunningProxy,
     TlsFiles,
     assert_serves_a_good_client,
+    closed_port,
     http_connect,
     make_loopback_certificate,
     raw_connection,
@@ -31,6 +33,7 @@ from e2e import (
 )
 
 from socksauth.auth import accounts
+from socksauth.protocol.http import MAX_HEAD_BYTES
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.interfaces import AuditEntry, AuditQuery
 
@@ -172,4 +175,140 @@ async def test_a_disabled_account_ends_its_http_tunnel(
         assert await read_exactly(reader, 4) == b"ping"
         await accounts.disable(proxy.store, BOB)
         await proxy.caught_up()
+        assert await read_until_closed(reader) == b""
+
+
+# --- refusals: 407, 403, 502, 504, 400, 431, 408 ------------------------------------------------
+
+
+def status_of(head: bytes) -> int:
+    return int(head.split(b" ", 2)[1])
+
+
+async def test_no_credentials_get_407_with_the_basic_realm_and_a_close_and_no_audit_row(
+    start_proxy: ProxyFactory, echo_server: EchoServer
+) -> None:
+    async with start_proxy() as proxy:
+        async with raw_connection(proxy.port) as (reader, writer):
+            writer.write(http_connect(echo_server.host, echo_server.port, user=None))
+            head = await read_http_head(reader)
+            assert head.startswith(b"HTTP/1.1 407 Proxy Authentication Required\r\n")
+            assert b'\r\nProxy-Authenticate: Basic realm="socksauth"\r\n' in head
+            assert await read_until_closed(reader) == b""
+        code, out, _ = await curl(
+            "--proxytunnel", "--proxy", f"http://127.0.0.1:{proxy.port}",
+            "--write-out", "%{http_connect}", f"http://127.0.0.1:{echo_server.port}/",
+        )  # fmt: skip
+        assert code != 0 and out.endswith(b"407")
+    assert not echo_server.peers
+    # Every browser's first request is answered so: a row per challenge would drown the audit.
+    assert await entries(proxy) == []
+
+
+async def test_curl_with_a_wrong_password_gets_407_and_a_failed_login_in_the_audit(
+    start_proxy: ProxyFactory, http_server: HttpServer
+) -> None:
+    async with start_proxy() as proxy:
+        code, out, _ = await curl(
+            "--proxy", proxy.url("http", password="Wrong-Password-1"),
+            "--write-out", "%{http_code}", f"http://127.0.0.1:{http_server.port}/",
+        )  # fmt: skip
+        assert (code, out) == (0, b"407")
+        # The same account, right password, on SOCKS5: one user table, nothing locked yet.
+        code, out, err = await curl(
+            "--proxy", proxy.url("socks5h"), f"http://127.0.0.1:{http_server.port}/"
+        )
+        assert (code, out) == (0, HTTP_BODY), err
+    assert not http_server.requests[1:]  # only the SOCKS5 client's request arrived
+    rows = sorted(await entries(proxy), key=lambda row: row.protocol)
+    assert [(row.protocol, row.username, row.outcome, row.command) for row in rows] == [
+        ("http", ALICE, "auth_failed", None),
+        ("socks5", ALICE, "closed", "connect"),
+    ]
+    (stats,) = await SqlAuditStore(proxy.store._engine).user_stats()
+    assert (stats.failed_logins, stats.connections) == (1, 1)
+
+
+async def test_a_target_the_policy_denies_gets_403(
+    start_proxy: ProxyFactory, echo_server: EchoServer
+) -> None:
+    async with (
+        start_proxy(allow_loopback=False) as proxy,
+        raw_connection(proxy.port) as (reader, writer),
+    ):
+        writer.write(http_connect(echo_server.host, echo_server.port))
+        assert (await read_http_head(reader)).startswith(b"HTTP/1.1 403 Forbidden\r\n")
+        assert await read_until_closed(reader) == b""
+    assert not echo_server.peers
+    (row,) = await entries(proxy)
+    assert (row.protocol, row.outcome, row.reply) == ("http", "denied", 0x02)
+
+
+async def test_a_refused_connect_gets_502_and_a_timed_out_one_504(
+    start_proxy: ProxyFactory,
+) -> None:
+    refused = closed_port()
+    # A listener whose backlog is full: the kernel drops further SYNs, the connect hangs.
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    queued = socket.create_connection(full.getsockname())
+    try:
+        async with start_proxy(connect_timeout_seconds=0.5) as proxy:
+            for target, status in ((refused, 502), (full, 504)):
+                async with raw_connection(proxy.port) as (reader, writer):
+                    writer.write(http_connect("127.0.0.1", target.getsockname()[1]))
+                    assert status_of(await read_http_head(reader)) == status
+                    assert await read_until_closed(reader) == b""
+    finally:
+        for sock in (refused, full, queued):
+            sock.close()
+    rows = sorted(await entries(proxy), key=lambda row: row.reply or 0)
+    assert [(row.outcome, row.reply) for row in rows] == [
+        ("connect_failed", 0x05),
+        ("connect_failed", 0x06),
+    ]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",  # origin form: a web server's request
+        b"CONNECT nowhere HTTP/1.1\r\nHost: nowhere\r\n\r\n",
+        b"GET https://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    ],
+    ids=["origin-form", "connect-without-port", "https-absolute-form"],
+)
+async def test_a_request_that_is_not_a_proxy_request_gets_400_and_the_server_goes_on(
+    proxy: RunningProxy, echo_server: EchoServer, head: bytes
+) -> None:
+    async with raw_connection(proxy.port) as (reader, writer):
+        writer.write(head)
+        assert (await read_http_head(reader)).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        assert await read_until_closed(reader) == b""
+    await assert_serves_a_good_client(proxy.port, echo_server)
+
+
+async def test_a_head_over_16_kib_gets_431_and_a_close(
+    proxy: RunningProxy, echo_server: EchoServer
+) -> None:
+    async with raw_connection(proxy.port) as (reader, writer):
+        filler = b"X-Filler: " + b"a" * (MAX_HEAD_BYTES + 100) + b"\r\n"
+        writer.write(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n" + filler)
+        head = await read_http_head(reader)
+        assert head.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+        assert await read_until_closed(reader) == b""
+    await assert_serves_a_good_client(proxy.port, echo_server)
+
+
+async def test_a_head_slower_than_the_handshake_deadline_gets_408_and_a_close(
+    start_proxy: ProxyFactory,
+) -> None:
+    async with (
+        start_proxy(handshake_timeout_seconds=0.5) as proxy,
+        raw_connection(proxy.port) as (reader, writer),
+    ):
+        writer.write(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n")  # no end
+        head = await read_http_head(reader)
+        assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
         assert await read_until_closed(reader) == b""
