@@ -4,10 +4,15 @@ relay and audit as SOCKS5, tried with curl and raw sockets on loopback."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
+import h11
+import httpx
 import pytest
 from e2e import (
     ALICE,
@@ -311,4 +316,186 @@ async def test_a_head_slower_than_the_handshake_deadline_gets_408_and_a_close(
         writer.write(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n")  # no end
         head = await read_http_head(reader)
         assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert await read_until_closed(reader) == b""
+
+
+# --- absolute-form forwarding -------------------------------------------------------------------
+
+
+@dataclass
+class Origin:
+    """A keep-alive HTTP/1.1 origin (h11's server side): answers each request with what it
+    got, and remembers every request's headers and body."""
+
+    port: int = 0
+    requests: list[tuple[h11.Request, bytes]] = field(default_factory=list)
+    connections: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn = h11.Connection(h11.SERVER)
+        request: h11.Request | None = None
+        body = b""
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await reader.read(65536))
+                elif isinstance(event, h11.Request):
+                    request, body = event, b""
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    assert request is not None
+                    self.requests.append((request, body))
+                    answer = b"%s %s %d" % (request.method, request.target, len(body))
+                    headers = [(b"content-length", b"%d" % len(answer)), (b"x-origin", b"1")]
+                    writer.write(conn.send(h11.Response(status_code=200, headers=headers)))
+                    writer.write(conn.send(h11.Data(data=answer)) + conn.send(h11.EndOfMessage()))
+                    await writer.drain()
+                    conn.start_next_cycle()
+                else:
+                    break
+        except (ConnectionError, h11.ProtocolError):
+            pass
+        finally:
+            writer.close()
+
+    def headers(self, index: int) -> dict[bytes, bytes]:
+        return {bytes(name): bytes(value) for name, value in self.requests[index][0].headers}
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[Origin]:
+    served = Origin()
+    server = await asyncio.start_server(served.handle, "127.0.0.1", 0)
+    served.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield served
+
+
+async def test_curl_gets_a_plain_http_url_forwarded_without_the_proxy_credentials(
+    start_proxy: ProxyFactory, http_server: HttpServer
+) -> None:
+    async with start_proxy() as proxy:
+        code, out, err = await curl(
+            "--proxy", proxy.url("http"), f"http://127.0.0.1:{http_server.port}/page?q=1"
+        )
+        assert (code, out) == (0, HTTP_BODY), err
+    (head,) = http_server.requests
+    # Origin form to the origin (RFC 9112 §3.2.1), its Host, and no proxy fields.
+    assert head.startswith(b"GET /page?q=1 HTTP/1.1\r\n")
+    assert f"\r\nhost: 127.0.0.1:{http_server.port}\r\n".encode() in head.lower()
+    assert b"proxy-" not in head.lower()
+    (row,) = await entries(proxy)
+    assert (row.protocol, row.command, row.username, row.requests) == ("http", "connect", ALICE, 1)
+    assert (row.outcome, row.reply, row.target_port) == ("closed", 0, http_server.port)
+    assert row.bytes_to_client > len(HTTP_BODY)
+
+
+async def test_keep_alive_carries_several_requests_counted_in_one_audit_row(
+    start_proxy: ProxyFactory, origin: Origin
+) -> None:
+    async with start_proxy() as proxy:
+        urls = [f"http://127.0.0.1:{origin.port}/{n}" for n in range(3)]
+        code, out, err = await curl("--verbose", "--proxy", proxy.url("http"), *urls)
+        assert code == 0, err
+        assert out == b"GET /0 0GET /1 0GET /2 0"
+        # One connection to the proxy for all three (curl says so), and one to the origin.
+        assert err.count(b"Connected to 127.0.0.1") == 1, err
+        assert origin.connections == 1
+    (row,) = await entries(proxy)
+    assert (row.protocol, row.requests, row.outcome) == ("http", 3, "closed")
+
+
+async def test_hop_by_hop_fields_are_removed_and_bodies_forwarded_with_their_framing(
+    proxy: RunningProxy, origin: Origin
+) -> None:
+    token = base64.b64encode(f"{ALICE}:{ALICE_PASSWORD}".encode())
+    async with raw_connection(proxy.port) as (reader, writer):
+        writer.write(
+            b"POST http://127.0.0.1:%d/chunked HTTP/1.1\r\nHost: wrong.example\r\n"
+            b"Proxy-Authorization: Basic %s\r\nProxy-Connection: keep-alive\r\n"
+            b"Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n"
+            b"TE: trailers\r\nX-End-To-End: kept\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n" % (origin.port, token)
+        )
+        head = await read_http_head(reader)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"x-origin: 1\r\n" in head.lower()
+        assert await read_exactly(reader, len(b"POST /chunked 11")) == b"POST /chunked 11"
+        # The connection stays open for the next request: a body with Content-Length.
+        writer.write(
+            b"PUT http://127.0.0.1:%d/length HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+            % origin.port
+        )
+        head = await read_http_head(reader)
+        assert await read_exactly(reader, len(b"PUT /length 3")) == b"PUT /length 3"
+    headers = origin.headers(0)
+    assert headers[b"host"] == b"127.0.0.1:%d" % origin.port  # RFC 9112 §3.2.2
+    assert headers[b"x-end-to-end"] == b"kept"
+    for hop in (b"proxy-authorization", b"proxy-connection", b"x-hop", b"keep-alive", b"te"):
+        assert hop not in headers
+    assert origin.requests[0][1] == b"hello world" and origin.requests[1][1] == b"abc"
+
+
+async def test_httpx_with_an_http_proxy_url_forwards_http_and_tunnels_https(
+    proxy: RunningProxy, origin: Origin, https_server: HttpServer, tls_files: TlsFiles
+) -> None:
+    context = ssl.create_default_context(cafile=tls_files.cert)
+    async with httpx.AsyncClient(proxy=proxy.url("http"), verify=context, timeout=10) as client:
+        plain = await client.get(f"http://127.0.0.1:{origin.port}/via-httpx")
+        secure = await client.get(f"https://127.0.0.1:{https_server.port}/via-connect")
+    assert (plain.status_code, plain.text) == (200, "GET /via-httpx 0")
+    assert (secure.status_code, secure.content) == (200, HTTP_BODY)
+    assert b"proxy-authorization" not in origin.headers(0)
+
+
+def get(port: int, path: str, user: str = ALICE, password: str = ALICE_PASSWORD) -> bytes:
+    """An absolute-form GET to 127.0.0.1:port with Basic credentials."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return (
+        f"GET http://127.0.0.1:{port}{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Proxy-Authorization: Basic {token}\r\n\r\n"
+    ).encode()
+
+
+async def test_each_forwarded_request_is_dialled_under_the_policy_and_a_failure_ends_it(
+    proxy: RunningProxy, origin: Origin
+) -> None:
+    refused = closed_port()
+    try:
+        async with raw_connection(proxy.port) as (reader, writer):
+            writer.write(get(origin.port, "/ok"))
+            assert (await read_http_head(reader)).startswith(b"HTTP/1.1 200 ")
+            await read_exactly(reader, len(b"GET /ok 0"))
+            writer.write(get(refused.getsockname()[1], "/"))
+            assert status_of(await read_http_head(reader)) == 502
+            assert await read_until_closed(reader) == b""
+    finally:
+        refused.close()
+
+
+async def test_a_later_request_with_other_credentials_gets_407(
+    proxy: RunningProxy, origin: Origin
+) -> None:
+    async with raw_connection(proxy.port) as (reader, writer):
+        writer.write(get(origin.port, "/a"))
+        assert (await read_http_head(reader)).startswith(b"HTTP/1.1 200 ")
+        await read_exactly(reader, len(b"GET /a 0"))
+        writer.write(get(origin.port, "/b", BOB, BOB_PASSWORD))
+        assert status_of(await read_http_head(reader)) == 407
+        assert await read_until_closed(reader) == b""
+    assert len(origin.requests) == 1
+
+
+async def test_a_disabled_account_ends_its_keep_alive_forwarding_connection(
+    proxy: RunningProxy, origin: Origin
+) -> None:
+    async with raw_connection(proxy.port) as (reader, writer):
+        writer.write(get(origin.port, "/before", BOB, BOB_PASSWORD))
+        assert (await read_http_head(reader)).startswith(b"HTTP/1.1 200 ")
+        await read_exactly(reader, len(b"GET /before 0"))
+        await accounts.disable(proxy.store, BOB)
+        await proxy.caught_up()
         assert await read_until_closed(reader) == b""
