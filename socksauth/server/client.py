@@ -649,7 +649,10 @@ class ClientConnection:
         if not await self._admit_request(transport, connect, record):
             return
         await exchange.forward(
-            self._open_origin, self._same_login, self._settings.idle_timeout_seconds
+            self._open_origin,
+            self._same_login,
+            self._settings.idle_timeout_seconds,
+            None if self._access is None else self._access.bandwidth.buckets(self.user),
         )
         if record.outcome is Outcome.ERROR:  # not ended by a refused or failed request
             record.outcome = Outcome.CLOSED

@@ -27,6 +27,7 @@ from socksauth.protocol.http import (
     forwarded_headers,
     status_for,
 )
+from socksauth.server.limits import TokenBucket
 
 log = get_logger("http")
 
@@ -62,6 +63,8 @@ class HttpExchange:
         self.bytes_to_client = 0  # forwarding: bytes of responses sent to the client
         self._origin: _Origin | None = None
         self._responded = False  # the current request's response head went out
+        # The user's bandwidth limit (from client, to client), as the relay applies it.
+        self._buckets: tuple[TokenBucket, TokenBucket] | None = None
 
     async def read_request(self, deadline: float) -> ProxyRequest | None:
         """The first request head, before ``deadline``; None if the client left first.
@@ -115,14 +118,17 @@ class HttpExchange:
         dial: Callable[[Address], Awaitable[socket.socket | None]],
         may_continue: Callable[[ProxyRequest], bool],
         idle_timeout_seconds: float | None,
+        buckets: tuple[TokenBucket, TokenBucket] | None = None,
     ) -> None:
         """Forward the current request and every later one on this connection, until
         either side closes or a request cannot be served.
 
         ``dial`` opens a connection for a target, or answers the client itself (a refusal,
         a failed connect) and returns None; ``may_continue`` says whether a later request
-        may use this connection's login (its credentials are the same or absent).
+        may use this connection's login (its credentials are the same or absent);
+        ``buckets``: the user's bandwidth limit, charged per body chunk as the relay does.
         """
+        self._buckets = buckets
         request = self.request
         assert request is not None
         try:
@@ -189,6 +195,7 @@ class HttpExchange:
             if isinstance(event, h11.Data):
                 sent += origin.send(h11.Data(data=event.data))
                 await origin.drain()
+                await self._pace(0, len(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 sent += origin.send(h11.EndOfMessage())
                 return sent
@@ -227,11 +234,19 @@ class HttpExchange:
             elif isinstance(event, h11.Data):
                 self._write(self._conn.send(h11.Data(data=event.data)))
                 await self._reader.drain()
+                await self._pace(1, len(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 self._write(self._conn.send(h11.EndOfMessage()))
                 return not self._reader.lost
             else:
                 raise h11.RemoteProtocolError("the origin closed before its response ended")
+
+    async def _pace(self, direction: int, nbytes: int) -> None:
+        """Wait as long as the bandwidth limit asks after ``nbytes`` (0: from the client)."""
+        if self._buckets is not None:
+            delay = self._buckets[direction].consume(nbytes)
+            if delay:
+                await asyncio.sleep(delay)
 
     async def _next_head(self) -> ProxyRequest | None:
         while True:

@@ -8,6 +8,7 @@ import base64
 import os
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -349,6 +350,8 @@ class Origin:
                     assert request is not None
                     self.requests.append((request, body))
                     answer = b"%s %s %d" % (request.method, request.target, len(body))
+                    if request.target.startswith(b"/big/"):
+                        answer = b"x" * int(request.target[5:])
                     headers = [(b"content-length", b"%d" % len(answer)), (b"x-origin", b"1")]
                     writer.write(conn.send(h11.Response(status_code=200, headers=headers)))
                     writer.write(conn.send(h11.Data(data=answer)) + conn.send(h11.EndOfMessage()))
@@ -499,3 +502,26 @@ async def test_a_disabled_account_ends_its_keep_alive_forwarding_connection(
         await accounts.disable(proxy.store, BOB)
         await proxy.caught_up()
         assert await read_until_closed(reader) == b""
+
+
+async def test_the_users_connection_limit_and_bandwidth_hold_for_http_clients(
+    proxy: RunningProxy, origin: Origin
+) -> None:
+    rate = 200_000
+    await accounts.set_limits(
+        proxy.store, BOB, max_connections=1, max_bandwidth_bytes_per_second=rate
+    )
+    await proxy.caught_up()
+    async with raw_connection(proxy.port) as (reader, writer):
+        writer.write(get(origin.port, "/big/600000", BOB, BOB_PASSWORD))
+        started = time.monotonic()
+        head = await read_http_head(reader)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"content-length: 600000" in head.lower()
+        # A second connection while this one is open: bob's max_connections is 1.
+        async with raw_connection(proxy.port) as (second, writer2):
+            writer2.write(http_connect("127.0.0.1", origin.port, BOB, BOB_PASSWORD))
+            assert (await read_http_head(second)).startswith(b"HTTP/1.1 403 ")
+        assert len(await read_exactly(reader, 600_000)) == 600_000
+        elapsed = time.monotonic() - started
+    # One second's burst, then the rate: (600 kB - 200 kB) / 200 kB/s = 2 s at least.
+    assert elapsed >= (600_000 - rate) / rate * 0.9, elapsed
