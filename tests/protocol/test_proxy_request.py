@@ -1,4 +1,4 @@
-"""ProxyConnection and its helpers: HTTP proxy request heads in, targets and credentials out."""
+"""ProxyConnection and its helpers (protocol/http.py): request heads in, targets out."""
 
 from __future__ import annotations
 
