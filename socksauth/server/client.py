@@ -552,13 +552,13 @@ class ClientConnection:
         Kind.HTTP when the first byte says the client speaks HTTP instead."""
         async with asyncio.timeout_at(deadline):
             try:
-                if self.protocol.kind is None:
-                    # HTTP is on and nothing has been read: the read the greeting waits for
-                    # anyway, and its first byte decides (no extra read, no copy).
-                    while self.protocol.kind is None:
-                        await self.protocol.wait_for_data()
-                    if self.protocol.kind is Kind.HTTP:
-                        return Kind.HTTP
+                # With HTTP on and nothing read yet: the read the greeting waits for anyway,
+                # and its first byte decides (no extra read, no copy). The first bytes may
+                # have come already: with a PROXY header, or from uvloop right at accept.
+                while self.protocol.kind is None:
+                    await self.protocol.wait_for_data()
+                if self.protocol.kind is Kind.HTTP:
+                    return Kind.HTTP
                 greeting = await self._next_event()
             except RemoteProtocolError:
                 if self.protocol.last_read_was_proxy_header():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import os
 import socket
 import ssl
@@ -525,3 +526,22 @@ async def test_the_users_connection_limit_and_bandwidth_hold_for_http_clients(
         elapsed = time.monotonic() - started
     # One second's burst, then the rate: (600 kB - 200 kB) / 200 kB/s = 2 s at least.
     assert elapsed >= (600_000 - rate) / rate * 0.9, elapsed
+
+
+async def test_behind_a_load_balancer_a_proxy_header_then_a_connect_in_one_write_is_served(
+    start_proxy: ProxyFactory, echo_server: EchoServer
+) -> None:
+    # The client's first bytes come with the header, before the handshake waits for any.
+    header = b"PROXY TCP4 203.0.113.7 127.0.0.1 40123 1080\r\n"
+    load_balancer = (ipaddress.ip_network("127.0.0.1/32"),)
+    async with (
+        start_proxy(proxy_protocol_networks=load_balancer) as proxy,
+        raw_connection(proxy.port) as (reader, writer),
+    ):
+        writer.write(header + http_connect(echo_server.host, echo_server.port) + b"ping")
+        assert await read_http_head(reader) == ESTABLISHED
+        assert await read_exactly(reader, 4) == b"ping"
+        writer.write_eof()
+        assert await read_until_closed(reader) == b""
+    (row,) = await entries(proxy)
+    assert (row.protocol, row.client_host, row.client_port) == ("http", "203.0.113.7", 40123)
