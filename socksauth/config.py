@@ -196,6 +196,9 @@ class Settings:
     # An association also ends after this long without a datagram either way.
     udp_idle_timeout_seconds: float = 120.0
     bind_enabled: bool = True
+    # An HTTP proxy (CONNECT and absolute-form http://) on every listener, told apart from
+    # SOCKS5 by the first byte; same users, policy, limits and audit.
+    http_enabled: bool = True
     # How long a BIND waits for the inbound connection before replying TTL expired (0x06).
     bind_timeout_seconds: float = 30.0
     # Destination policy (server/policy.py): also deny RFC 1918, CGNAT and IPv6 ULA targets

@@ -81,6 +81,17 @@ class Metrics:
             ["outcome", *user],
             registry=registry,
         )
+        self.connections_by_protocol = Counter(
+            "socksauth_connections_by_protocol",
+            "Client connections ended, by what they spoke on the shared port (socks5, http).",
+            ["protocol"],
+            registry=registry,
+        )
+        self.http_requests = Counter(
+            "socksauth_http_requests",
+            "Absolute-form http:// requests forwarded to their origin (CONNECT not counted).",
+            registry=registry,
+        )
         self.failed_logins = Counter(
             "socksauth_failed_logins",
             "Username/password logins refused (unknown user, wrong password, disabled).",

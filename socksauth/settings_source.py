@@ -272,6 +272,9 @@ OPTIONS: tuple[Option, ...] = (
            help="Serve BIND (RFC 1928 §6); when off it gets reply 0x07."),
     Option(name="bind-timeout", field="bind_timeout_seconds", kind=SECONDS, metavar="SECONDS",
            help="How long a BIND waits for its inbound connection (then reply 0x06)."),
+    Option(name="http", field="http_enabled", kind=Switch(),
+           help="Serve HTTP proxy clients (CONNECT, and http:// URLs) on the SOCKS port, "
+           "told apart by the first byte, with the same users, rules and audit."),
     Option(name="deny-private-networks", field="deny_private_networks", kind=Switch(),
            help="Also deny targets in RFC 1918, CGNAT and IPv6 ULA ranges unless a rule "
            "inside them allows (loopback, link-local and metadata are always denied)."),

@@ -7,13 +7,16 @@ tests/server, tests/interop and tests/cli; their conftest.py files import the fi
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import os
 import re
 import signal
 import socket
+import ssl
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -494,3 +497,54 @@ async def assert_serves_a_good_client(proxy_port: int, echo: EchoServer) -> None
 async def with_timeout(awaitable: Awaitable[Any], seconds: float = WAIT_SECONDS) -> Any:
     async with asyncio.timeout(seconds):
         return await awaitable
+
+
+# --- HTTP proxy clients (the same port, the first byte decides) ---------------------------------
+
+
+def http_connect(
+    host: str, port: int, user: str | None = ALICE, password: str = ALICE_PASSWORD
+) -> bytes:
+    """An RFC 9110 §9.3.6 CONNECT head, with Proxy-Authorization: Basic unless ``user`` is None."""
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+    if user is not None:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        head += f"Proxy-Authorization: Basic {token}\r\n"
+    return (head + "\r\n").encode()
+
+
+async def read_http_head(reader: asyncio.StreamReader) -> bytes:
+    """A response head up to and including its blank line."""
+    async with asyncio.timeout(WAIT_SECONDS):
+        return await reader.readuntil(b"\r\n\r\n")
+
+
+@dataclass
+class TlsFiles:
+    cert: str
+    key: str
+
+
+def make_loopback_certificate(directory: str) -> TlsFiles:
+    """A self-signed certificate for 127.0.0.1 and localhost (openssl, no network)."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", key, "-out", cert],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return TlsFiles(cert, key)
+
+
+@contextlib.asynccontextmanager
+async def running_https_server(tls: TlsFiles) -> AsyncIterator[HttpServer]:
+    """``running_http_server`` over TLS with the loopback certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    https = HttpServer("127.0.0.1", 0)
+    server = await asyncio.start_server(https.handle, "127.0.0.1", 0, ssl=context)
+    https.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield https

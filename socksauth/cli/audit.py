@@ -15,7 +15,14 @@ import click
 from socksauth import app
 from socksauth.cli.options import database_url_option, resolve_database_url, run_command
 from socksauth.server.client import Outcome
-from socksauth.store.interfaces import INTERRUPTED, OPEN, AuditEntry, AuditQuery, UserStats
+from socksauth.store.interfaces import (
+    INTERRUPTED,
+    OPEN,
+    PROTOCOLS,
+    AuditEntry,
+    AuditQuery,
+    UserStats,
+)
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _DURATION = re.compile(r"(\d+)([smhdw])")
@@ -64,6 +71,12 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> timedel
         raise click.BadParameter(str(error), ctx, param) from None
 
 
+_protocol_option = click.option(
+    "--protocol",
+    type=click.Choice(PROTOCOLS),
+    help="Only clients that spoke this on the shared port: socks5 or http.",
+)
+
 _format_option = click.option(
     "--format",
     "output_format",
@@ -84,6 +97,7 @@ _format_option = click.option(
 )
 @click.option("--target", metavar="TEXT", help="Target host or dialled address contains TEXT.")
 @click.option("--outcome", type=click.Choice(OUTCOMES), help="Only entries that ended so.")
+@_protocol_option
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
@@ -101,6 +115,7 @@ def audit(
     until: datetime | None,
     target: str | None,
     outcome: str | None,
+    protocol: str | None,
     limit: int,
     output_format: str,
     database_url: str | None,
@@ -113,7 +128,13 @@ def audit(
     if ctx.invoked_subcommand is not None:
         return
     query = AuditQuery(
-        username=username, since=since, until=until, target=target, outcome=outcome, limit=limit
+        username=username,
+        since=since,
+        until=until,
+        target=target,
+        outcome=outcome,
+        protocol=protocol,
+        limit=limit,
     )
     url = resolve_database_url(database_url)
 
@@ -159,17 +180,22 @@ def prune(older_than: timedelta, yes: bool, database_url: str | None) -> None:
 @click.option(
     "--until", metavar="TIME", callback=_moment, help="Before this time: 1h, 7d (ago) or ISO 8601."
 )
+@_protocol_option
 @_format_option
 @database_url_option
 def stats(
-    since: datetime | None, until: datetime | None, output_format: str, database_url: str | None
+    since: datetime | None,
+    until: datetime | None,
+    protocol: str | None,
+    output_format: str,
+    database_url: str | None,
 ) -> None:
     """Per user: connections, failed logins, bytes each way, tunnel time, last seen."""
     url = resolve_database_url(database_url)
 
     async def compute() -> Sequence[UserStats]:
         async with app.open_audit_reader(url) as reader:
-            return await reader.user_stats(since, until)
+            return await reader.user_stats(since, until, protocol)
 
     rows = [_stats_row(item) for item in run_command(compute())]
     _print(rows, _STATS_HEADER, output_format)
@@ -182,6 +208,7 @@ _ENTRY_HEADER = (
     "node",
     "user",
     "client",
+    "protocol",
     "command",
     "target",
     "dialed",
@@ -191,6 +218,7 @@ _ENTRY_HEADER = (
     "bytes_to_client",
     "datagrams_from_client",
     "datagrams_to_client",
+    "requests",
     "id",
 )
 _STATS_HEADER = (
@@ -203,7 +231,9 @@ _STATS_HEADER = (
     "last_seen",
 )
 # Columns the table leaves out to stay readable; json and csv have them all.
-_TABLE_SKIPS = frozenset({"node", "datagrams_from_client", "datagrams_to_client", "id"})
+_TABLE_SKIPS = frozenset(
+    {"node", "datagrams_from_client", "datagrams_to_client", "requests", "id"}
+)
 
 
 def _entry_row(entry: AuditEntry) -> dict[str, Any]:
@@ -220,6 +250,7 @@ def _entry_row(entry: AuditEntry) -> dict[str, Any]:
         "node": entry.node,
         "user": entry.username,
         "client": client,
+        "protocol": entry.protocol,
         "command": entry.command,
         "target": target,
         "dialed": entry.dialed,
@@ -229,6 +260,7 @@ def _entry_row(entry: AuditEntry) -> dict[str, Any]:
         "bytes_to_client": entry.bytes_to_client,
         "datagrams_from_client": entry.datagrams_from_client,
         "datagrams_to_client": entry.datagrams_to_client,
+        "requests": entry.requests,
         "id": str(entry.id),
     }
 

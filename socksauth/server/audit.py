@@ -78,6 +78,8 @@ class AuditObserver:
             bytes_to_client=record.bytes_to_client,
             datagrams_from_client=record.datagrams_from_client,
             datagrams_to_client=record.datagrams_to_client,
+            protocol=record.protocol.value,
+            requests=record.requests,
         )
 
 

@@ -37,7 +37,9 @@ from socksauth.protocol import (
     ServerConnection,
 )
 from socksauth.protocol.address import ip_literal
+from socksauth.protocol.detect import Kind, detect
 from socksauth.protocol.events import ClientEvent
+from socksauth.protocol.http import ProxyConnection, ProxyRequest, RequestForm
 from socksauth.protocol.proxy_header import (
     HeaderKind,
     ProxyHeader,
@@ -47,6 +49,7 @@ from socksauth.protocol.proxy_header import (
 )
 from socksauth.server.access import Access
 from socksauth.server.bind import Binding, expected_peers
+from socksauth.server.http import HttpExchange
 from socksauth.server.limits import ClientSlot, Refusal, UserLease
 from socksauth.server.outbound import Dialer, NotAllowed, ResolvedAddress, reply_for_error
 from socksauth.server.policy import Verdict, parse_address
@@ -86,6 +89,7 @@ class Outcome(enum.Enum):
     REVOKED = "revoked"  # ended because the account was disabled, deleted, expired or changed
     REFUSED = "refused"  # not admitted at accept: a cap, or not an allowed client network
     STORE_UNAVAILABLE = "store_unavailable"  # login not checkable: the store is down (0x01)
+    AUTH_REQUIRED = "auth_required"  # HTTP: no credentials, answered 407 (not audited)
     ERROR = "error"
 
 
@@ -126,6 +130,8 @@ class ConnectionRecord:
     datagrams_to_client: int = 0
     audit_id: UUID | None = None  # set by the observer that writes the audit row
     datagrams_dropped: int = 0  # UDP: wrong source, FRAG != 0, malformed, not allowed, …
+    protocol: Kind = Kind.SOCKS5  # or HTTP: what the client spoke (its first byte)
+    requests: int = 0  # HTTP absolute-form requests forwarded on this connection
 
     @property
     def client(self) -> str:
@@ -178,9 +184,23 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
     pipelines stays in the kernel's socket buffer, not in our memory.
     """
 
-    def __init__(self, conn: ServerConnection, load_balancers: Settings | None = None) -> None:
-        """``load_balancers``: the settings when proxy_protocol_networks is set, else None."""
+    def __init__(
+        self,
+        conn: ServerConnection,
+        load_balancers: Settings | None = None,
+        *,
+        http_enabled: bool = False,
+    ) -> None:
+        """``load_balancers``: the settings when proxy_protocol_networks is set, else None;
+        ``http_enabled``: the first byte decides between SOCKS5 and an HTTP proxy client."""
         self._conn = conn
+        # Where the client's bytes go. With HTTP on, the first read picks the parser from
+        # its first byte (_detect) and sends everything there, that read included; without,
+        # straight to the SOCKS5 core as always.
+        self._receive = self._detect if http_enabled else conn.receive_data
+        self.kind: Kind | None = None if http_enabled else Kind.SOCKS5
+        self.http: ProxyConnection | None = None
+        self._writable: asyncio.Future[None] | None = None
         self._load_balancers = load_balancers
         self._view = _NO_BUFFER
         self._last_read = 0
@@ -225,7 +245,7 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
         self._last_read = nbytes
         try:
             if self._header_reader is None:
-                self._conn.receive_data(self._view[:nbytes])
+                self._receive(self._view[:nbytes])
             else:
                 self._receive_header(self._view[:nbytes])
         except protocol.ProtocolError as error:
@@ -239,7 +259,36 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
             self._header_reader = None
             self.proxy_header = header
             if header.trailing_data:
-                self._conn.receive_data(header.trailing_data)
+                self._receive(header.trailing_data)
+
+    def _detect(self, data: bytes | memoryview) -> None:
+        """The first bytes: SOCKS5 (or garbage, which the SOCKS5 core refuses as before) or
+        HTTP; they and all that follow go to that protocol's parser, in order."""
+        kind = detect(data[0]) if data else Kind.SOCKS5
+        if kind is Kind.HTTP and starts_like_header(data):
+            kind = Kind.SOCKS5  # "PROXY …" from a load balancer we do not know: refused as such
+        self.kind = kind
+        if kind is Kind.HTTP:
+            self.http = ProxyConnection()
+            self._receive = self.http.receive_data
+        else:
+            self._receive = self._conn.receive_data
+        self._receive(data)
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            if not self._writable.done():
+                self._writable.set_result(None)
+            self._writable = None
+
+    async def drain(self) -> None:
+        """Returns once the transport takes more (HTTP forwarding's flow control)."""
+        if self._writable is not None:
+            await self._writable
 
     def last_read_was_proxy_header(self) -> bool:
         """Whether the most recent read began like a PROXY header (for a clearer error when
@@ -250,7 +299,7 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
         try:
             if self._header_reader is not None:
                 self._receive_header(self._view[:0])
-            self._conn.receive_data(b"")
+            self._receive(b"")
         except protocol.ProtocolError as error:
             self._error = error
         self._wake()
@@ -262,6 +311,7 @@ class _HandshakeProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.resume_writing()
         self._end_of_stream()  # harmless if the FIN came first
 
     def _wake(self) -> None:
@@ -314,8 +364,13 @@ class ClientConnection:
         self.user: UserRecord | None = None  # the account as it logged in
         self._conn = ServerConnection()
         self.protocol = _HandshakeProtocol(
-            self._conn, settings if settings.proxy_protocol_networks else None
+            self._conn,
+            settings if settings.proxy_protocol_networks else None,
+            http_enabled=settings.http_enabled,
         )
+        # Set once the first byte says HTTP: the head, the responses, the forwarding.
+        self._http: HttpExchange | None = None
+        self._login: Credentials | None = None  # HTTP: the first request's credentials
         self.relay: Relay | None = None
         self.association: UdpAssociation | None = None
         self.record: ConnectionRecord | None = None
@@ -360,14 +415,16 @@ class ClientConnection:
             # balancer: admission, trust, throttling, audit and UDP all use it.
             await self._admit(record.client_host, deadline)
             request = await self._handshake(transport, record.client_host, record, deadline)
-            if request is not None:
+            if request is Kind.HTTP:
+                await self._serve_http(transport, record, deadline)
+            elif isinstance(request, CommandRequest):
                 if self._slot is not None:
                     self._slot.authenticated()
                 await self._dispatch(transport, request, record)
-                if self.relay is not None:
-                    # The tunnel runs on the relay's callbacks. Waited for here, not in
-                    # _tunnel: the handshake's frames would live as long as the tunnel.
-                    record.outcome = _OUTCOME_BY_CLOSE[await self.relay.ended]
+            if self.relay is not None:
+                # The tunnel runs on the relay's callbacks. Waited for here, not in
+                # _tunnel: the handshake's frames would live as long as the tunnel.
+                record.outcome = _OUTCOME_BY_CLOSE[await self.relay.ended]
         except Refusal as refusal:
             record.outcome = Outcome.REFUSED
             log.debug("%s: not admitted: %s", record.client, refusal)
@@ -396,6 +453,8 @@ class ClientConnection:
             log.exception("%s: unexpected error", record.client)
         finally:
             self._end_handshake()
+            if self._http is not None:
+                self._http.close()
             if not transport.is_closing():
                 transport.close()
             if self._slot is not None:
@@ -406,6 +465,10 @@ class ClientConnection:
                 record.outcome = Outcome.REVOKED
             if self.relay is not None:
                 record.bytes_from_client, record.bytes_to_client = self.relay.bytes_counts()
+            elif self._http is not None and self._http.requests:
+                record.requests = self._http.requests
+                record.bytes_from_client = self._http.bytes_from_client
+                record.bytes_to_client = self._http.bytes_to_client
             record.duration_seconds = time.monotonic() - record.started
             record.ended_at = record.started_at + timedelta(seconds=record.duration_seconds)
             if self._load_balancer_check and record.outcome is Outcome.CLIENT_GONE:
@@ -450,6 +513,8 @@ class ClientConnection:
         if self.relay is not None:
             self.relay.close(CloseReason.SHUTDOWN)
         elif self._transport is not None:
+            if self._http is not None:
+                self._http.close()  # a forwarded response may be streaming from the origin
             # The association and the binding end when their control connection does.
             self._transport.abort()
 
@@ -495,10 +560,18 @@ class ClientConnection:
         client_host: str,
         record: ConnectionRecord,
         deadline: float,
-    ) -> CommandRequest | None:
-        """Greeting → method → credentials → request, within the handshake deadline."""
+    ) -> CommandRequest | Kind | None:
+        """Greeting → method → credentials → request, within the handshake deadline;
+        Kind.HTTP when the first byte says the client speaks HTTP instead."""
         async with asyncio.timeout_at(deadline):
             try:
+                # With HTTP on and nothing read yet: the read the greeting waits for anyway,
+                # and its first byte decides (no extra read, no copy). The first bytes may
+                # have come already: with a PROXY header, or from uvloop right at accept.
+                while self.protocol.kind is None:
+                    await self.protocol.wait_for_data()
+                if self.protocol.kind is Kind.HTTP:
+                    return Kind.HTTP
                 greeting = await self._next_event()
             except RemoteProtocolError:
                 if self.protocol.last_read_was_proxy_header():
@@ -561,6 +634,106 @@ class ClientConnection:
             record.target = request.address
             return request
 
+    async def _serve_http(
+        self, transport: asyncio.Transport, record: ConnectionRecord, deadline: float
+    ) -> None:
+        """An HTTP proxy client: its first request head before the handshake deadline, the
+        RFC 1929 login's authenticator for its ``Proxy-Authorization: Basic``, the same
+        limits and policy; then a CONNECT tunnel (the same relay) or forwarded requests."""
+        assert self.protocol.http is not None
+        record.protocol = Kind.HTTP
+        exchange = self._http = HttpExchange(self.protocol.http, self.protocol, transport)
+        request = await exchange.read_request(deadline)
+        if request is None:
+            record.outcome = Outcome.CLIENT_GONE
+            return
+        credentials = self._login = request.credentials
+        if credentials is None and not self._settings.is_trusted(record.client_host):
+            # RFC 9110 §15.5.8: 407 says the client "needs to authenticate itself in order
+            # to use a proxy"; not audited: every browser's first request gets one.
+            exchange.challenge()
+            record.outcome = Outcome.AUTH_REQUIRED
+            return
+        if credentials is not None:
+            record.username = credentials.username
+            try:
+                async with asyncio.timeout_at(deadline):
+                    result = await self._authenticator.login(
+                        credentials.username, credentials.password, record.client_host
+                    )
+            except StoreUnavailable:
+                # Not the password's fault: 503, not a 407 that would ask for another one.
+                exchange.refuse(503)
+                record.outcome = Outcome.STORE_UNAVAILABLE
+                return
+            user = self.user = result.user
+            if user is None:
+                # As a wrong RFC 1929 password: same throttle, same cost, the same answer
+                # whether wrong, delayed or locked out, then a close.
+                exchange.challenge()
+                record.outcome = _OUTCOME_BY_REFUSAL[result.refusal or LoginRefusal.AUTH_FAILED]
+                log.info("%s: login failed for user %r", record.client, credentials.username)
+                return
+        if self._slot is not None:
+            self._slot.authenticated()
+        record.command = Command.CONNECT
+        record.target = request.target
+        connect = CommandRequest(Command.CONNECT, request.target)
+        if request.form is RequestForm.AUTHORITY:
+            await self._dispatch(transport, connect, record)
+            return
+        if not await self._admit_request(transport, connect, record):
+            return
+        await exchange.forward(
+            self._open_origin,
+            self._same_login,
+            self._settings.idle_timeout_seconds,
+            None if self._access is None else self._access.bandwidth.buckets(self.user),
+        )
+        if record.outcome is Outcome.ERROR:  # not ended by a refused or failed request
+            record.outcome = Outcome.CLOSED
+
+    def _same_login(self, request: ProxyRequest) -> bool:
+        """A later request on a forwarding connection keeps its login: credentials absent
+        (the connection is authenticated) or the same as the first request's."""
+        return request.credentials is None or request.credentials == self._login
+
+    async def _open_origin(self, target: Address) -> socket.socket | None:
+        """A connection to a forwarded request's origin, under the policy CONNECT has;
+        None when refused or failed (the client has its 403, 502 or 504 then)."""
+        record, transport = self.record, self._transport
+        assert record is not None and transport is not None
+        first = record.reply is None
+        if not first and self._access is not None:
+            # The connection's lease is held since the first request: the policy only.
+            verdict = self._request_verdict(Command.CONNECT, target)
+            if verdict is not None and not verdict.allowed:
+                self._deny(transport, record, verdict)
+                return None
+        name = target.host if target.type is AddressType.DOMAINNAME else None
+
+        def allow(resolved: ResolvedAddress) -> bool:
+            return self._allows(
+                Command.CONNECT, name, str(resolved.sockaddr[0]), resolved.sockaddr[1]
+            )
+
+        try:
+            sock = await self._dialer.connect(target, allow)
+        except NotAllowed:
+            self._deny(transport, record, self._denial)
+            return None
+        except OSError as error:
+            reply = reply_for_error(error)
+            log.info("%s: GET %s failed: %s (%s)", record.client, target, reply.name, error)
+            self._reply(transport, reply, record)
+            record.outcome = Outcome.CONNECT_FAILED
+            return None
+        if first:
+            peer = sock.getpeername()
+            record.dialed = str(Address.from_host(peer[0], peer[1]))
+            self._reply(transport, Reply.SUCCEEDED, record)  # the row opens here
+        return sock
+
     async def _dispatch(
         self, transport: asyncio.Transport, request: CommandRequest, record: ConnectionRecord
     ) -> None:
@@ -584,7 +757,10 @@ class ClientConnection:
         bound: Address | None = None,
     ) -> None:
         record.reply = reply
-        transport.write(self._conn.send(CommandReply(reply, bound or Address.unspecified())))
+        if self._http is None:
+            transport.write(self._conn.send(CommandReply(reply, bound or Address.unspecified())))
+        else:
+            transport.write(self._http.reply(reply))
         self._end_handshake()
         if reply is Reply.SUCCEEDED:
             # The tunnel (association, binding) exists from here: so does its audit row.
@@ -611,9 +787,17 @@ class ClientConnection:
                 self._reply(transport, Reply.CONNECTION_NOT_ALLOWED, record)
                 record.outcome = Outcome.LIMIT_EXCEEDED
                 return False
-        command, target = request.command, request.address
-        username = None if user is None else user.username
-        policy = access.policy
+        verdict = self._request_verdict(request.command, request.address)
+        if verdict is not None and not verdict.allowed:
+            self._deny(transport, record, verdict)
+            return False
+        return True
+
+    def _request_verdict(self, command: Command, target: Address) -> Verdict | None:
+        """The policy's verdict on what a request alone tells (None: decided per address)."""
+        assert self._access is not None
+        username = None if self.user is None else self.user.username
+        policy = self._access.policy
         verdict: Verdict | None
         if command is Command.UDP_ASSOCIATE:
             # DST is where the client sends from, not a destination: each datagram is checked.
@@ -627,10 +811,7 @@ class ClientConnection:
                 verdict = policy.check_request(username, command, None, None)
             else:
                 verdict = policy.check_address(username, command, address, target.port)
-        if verdict is not None and not verdict.allowed:
-            self._deny(transport, record, verdict)
-            return False
-        return True
+        return verdict
 
     def _deny(
         self, transport: asyncio.Transport, record: ConnectionRecord, verdict: Verdict | None
@@ -721,7 +902,10 @@ class ClientConnection:
             # the proxy used to connect to the target.
             reply_address = Address.from_host(bound[0], bound[1])
         self._reply(transport, Reply.SUCCEEDED, record, reply_address)
-        trailing, client_eof = self._conn.trailing_data
+        if self._http is None:
+            trailing, client_eof = self._conn.trailing_data
+        else:  # bytes pipelined after the CONNECT head belong to the tunnel too
+            trailing, client_eof = self._http.trailing_data
         self.relay = relay
         relay.attach_client(transport, trailing, client_eof)
 
@@ -829,7 +1013,7 @@ class ClientConnection:
 
 def _log_finished(record: ConnectionRecord) -> None:
     log.info(
-        "%s user=%s %s %s out=%d in=%d %.3fs %s%s%s",
+        "%s user=%s %s %s out=%d in=%d %.3fs %s%s%s%s",
         record.client,
         record.username if record.username is not None else "-",
         record.command.name if record.command is not None else "-",
@@ -845,4 +1029,5 @@ def _log_finished(record: ConnectionRecord) -> None:
             if record.command is Command.UDP_ASSOCIATE and record.reply is Reply.SUCCEEDED
             else ""
         ),
+        f" http requests={record.requests}" if record.protocol is Kind.HTTP else "",
     )

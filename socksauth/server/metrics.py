@@ -51,6 +51,9 @@ class MetricsObserver:
             metrics.handshake_duration.observe(record.duration_seconds)
         if record.outcome in _FAILED_LOGINS:
             metrics.failed_logins.inc()
+        metrics.connections_by_protocol.labels(record.protocol.value).inc()
+        if record.requests:
+            metrics.http_requests.inc(record.requests)
         if metrics.per_user:
             user = _user(record)
             metrics.connections.labels(record.outcome.value, user).inc()

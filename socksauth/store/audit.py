@@ -94,6 +94,8 @@ class SqlAuditStore:
             conditions.append(AuditRow.ended_at.is_(None))
         elif query.outcome is not None:
             conditions.append(AuditRow.outcome == query.outcome)
+        if query.protocol is not None:
+            conditions.append(AuditRow.protocol == query.protocol)
         if query.order is SortOrder.NEWEST_FIRST:
             order = (AuditRow.started_at.desc(), AuditRow.id.desc())
         else:
@@ -105,9 +107,16 @@ class SqlAuditStore:
         return [_entry(row) for row in rows]
 
     async def user_stats(
-        self, since: datetime | None = None, until: datetime | None = None
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        protocol: str | None = None,
     ) -> Sequence[UserStats]:
-        """Per-user totals of entries started in [since, until), ordered by username."""
+        """Per-user totals of entries started in [since, until) (of one protocol, if given),
+        ordered by username."""
+        conditions = _period(since, until)
+        if protocol is not None:
+            conditions.append(AuditRow.protocol == protocol)
         statement = (
             select(
                 AuditRow.username,
@@ -124,7 +133,7 @@ class SqlAuditStore:
                 ).label("seconds"),
                 func.max(func.coalesce(AuditRow.ended_at, AuditRow.started_at)).label("last"),
             )
-            .where(*_period(since, until))
+            .where(*conditions)
             .group_by(AuditRow.username)
         )
         with database_errors():

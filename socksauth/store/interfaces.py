@@ -188,6 +188,12 @@ STORE_UNAVAILABLE = "store_unavailable"
 THROTTLED = "throttled"
 LOCKED_OUT = "locked_out"
 FAILED_LOGIN_OUTCOMES = (AUTH_FAILED, THROTTLED, LOCKED_OUT)
+# An HTTP client that sent no credentials and got 407 (never written: not audited).
+AUTH_REQUIRED = "auth_required"
+# An entry's ``protocol``: what the client spoke on the shared port.
+SOCKS5 = "socks5"
+HTTP = "http"
+PROTOCOLS = (SOCKS5, HTTP)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,6 +223,8 @@ class AuditEntry:
     bytes_to_client: int = 0
     datagrams_from_client: int = 0
     datagrams_to_client: int = 0
+    protocol: str = SOCKS5  # or HTTP: what the client spoke
+    requests: int = 0  # HTTP: absolute-form requests forwarded (0 for tunnels)
 
     @property
     def is_open(self) -> bool:
@@ -255,6 +263,7 @@ class AuditQuery:
     until: datetime | None = None
     target: str | None = None  # substring of the requested host or the dialled address
     outcome: str | None = None  # an outcome value, or OPEN
+    protocol: str | None = None  # one of PROTOCOLS
     limit: int | None = 100
     order: SortOrder = SortOrder.NEWEST_FIRST
 
@@ -280,9 +289,13 @@ class AuditReader(Protocol):
         ...
 
     async def user_stats(
-        self, since: datetime | None = None, until: datetime | None = None
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        protocol: str | None = None,
     ) -> Sequence[UserStats]:
-        """Per-user totals of entries started in [since, until), ordered by username."""
+        """Per-user totals of entries started in [since, until) (of one protocol, if given),
+        ordered by username."""
         ...
 
     async def prune(self, before: datetime) -> int:

@@ -131,6 +131,12 @@ class AuditRow(Base):
     datagrams_to_client: Mapped[int] = mapped_column(
         BigInteger, nullable=False, default=0, server_default="0"
     )
+    # What the client spoke: socks5 or http (migration 0006).
+    protocol: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="socks5", server_default="socks5"
+    )
+    # HTTP: absolute-form requests forwarded on this connection.
+    requests: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
 
 
 class StoreRevisionRow(Base):

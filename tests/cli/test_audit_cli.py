@@ -153,3 +153,40 @@ def test_durations_and_times_parse() -> None:
     for bad in ("", "1", "h", "1.5h", "1 day", "tomorrow"):
         with pytest.raises(ValueError):
             parse_moment(bad, now)
+
+
+async def test_audit_and_stats_filter_by_protocol_and_show_it(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    await SqlAuditStore(engine).write_batch(
+        [
+            finished(opened("alice", started_at=NOW - timedelta(minutes=3), target_host="s.test")),
+            finished(opened("alice", started_at=NOW - timedelta(minutes=2), target_host="h.test",
+                            protocol="http", requests=4)),
+            failed_login("bob", started_at=NOW - timedelta(minutes=1), protocol="http"),
+        ]
+    )  # fmt: skip
+    result = await invoke(
+        "audit", "--protocol", "http", "--format", "csv", "--database-url", database_url
+    )
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert [(row["user"], row["protocol"], row["requests"]) for row in rows] == [
+        ("bob", "http", "0"),
+        ("alice", "http", "4"),
+    ]
+    table = await invoke("audit", "--protocol", "socks5", "--database-url", database_url)
+    assert "PROTOCOL" in table.output.splitlines()[0] and "s.test" in table.output
+    assert "h.test" not in table.output
+    stats = await invoke(
+        "stats", "--protocol", "http", "--format", "json", "--database-url", database_url
+    )
+    by_user = {row["user"]: row for row in json.loads(stats.output)}
+    assert (by_user["alice"]["connections"], by_user["bob"]["failed_logins"]) == (1, 1)
+    both = await invoke("stats", "--format", "json", "--database-url", database_url)
+    assert {row["user"]: row for row in json.loads(both.output)}["alice"]["connections"] == 2
+
+
+def test_an_unknown_protocol_exits_2() -> None:
+    result = run("audit", "--protocol", "gopher", "--database-url", "sqlite+aiosqlite:///x")
+    assert result.exit_code == 2 and "gopher" in result.output

@@ -21,10 +21,12 @@ from e2e import (
     credentials,
     eventually,
     greeting,
+    http_connect,
     login,
     open_tunnel,
     raw_connection,
     read_exactly,
+    read_http_head,
     read_reply,
     read_until_closed,
     request,
@@ -366,3 +368,25 @@ async def test_a_bad_request_line_is_400() -> None:
             writer.write(b"HELLO\r\n\r\n")
             response = await read_until_closed(reader)
         assert response.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+async def test_metrics_tell_http_proxy_clients_from_socks5_ones(
+    database_url: str, user_store: SqlUserStore, echo_server: EchoServer
+) -> None:
+    async with serving(database_url) as served:
+        await echo_once(served.port, echo_server)
+        async with raw_connection(served.port) as (reader, writer):
+            writer.write(http_connect(echo_server.host, echo_server.port, password="wrong"))
+            assert (await read_http_head(reader)).startswith(b"HTTP/1.1 407 ")
+        for _ in range(2):
+            async with raw_connection(served.port) as (reader, writer):
+                writer.write(http_connect(echo_server.host, echo_server.port))
+                assert (await read_http_head(reader)).startswith(b"HTTP/1.1 200 ")
+                writer.write_eof()
+                assert await read_until_closed(reader) == b""
+        await eventually(lambda: served.server.active_clients == 0, what="all clients gone")
+        samples = await scrape(served)
+    assert value(samples, "socksauth_connections_by_protocol_total", protocol="socks5") == 1
+    assert value(samples, "socksauth_connections_by_protocol_total", protocol="http") == 3
+    assert value(samples, "socksauth_failed_logins_total") == 1
+    assert value(samples, "socksauth_http_requests_total") == 0  # tunnels, not forwarded requests

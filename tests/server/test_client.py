@@ -173,7 +173,6 @@ async def test_a_trusted_network_may_use_no_authentication(
     "data",
     [
         pytest.param(b"\x04\x01\x00\x50\x7f\x00\x00\x01alice\x00", id="socks4-request"),
-        pytest.param(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", id="http-request"),
         pytest.param(b"\x05", id="truncated-greeting-version-only"),
         pytest.param(b"\x05\x02\x02", id="truncated-greeting-one-of-two-methods"),
         pytest.param(b"", id="immediate-eof"),
