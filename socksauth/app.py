@@ -15,8 +15,10 @@ import signal
 import socket
 import tempfile
 import time
+import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +36,7 @@ from socksauth.server.audit import AuditObserver
 from socksauth.server.client import ConnectionObserver, Observers
 from socksauth.server.listener import ProxyServer, bind_listeners
 from socksauth.server.metrics import AuditSampler, MetricsObserver
+from socksauth.server.quota import QuotaStatus, quota_statuses
 from socksauth.store import migrate
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.changes import SqlChangeFeed
@@ -50,6 +53,7 @@ from socksauth.store.database import (
 from socksauth.store.interfaces import AuditReader, RuleStore, UserStore
 from socksauth.store.leases import SqlConnectionLeases
 from socksauth.store.rules import SqlRuleStore
+from socksauth.store.usage import SqlTrafficUsage
 from socksauth.store.users import SqlUserStore
 
 log = get_logger("app")
@@ -79,6 +83,18 @@ async def open_audit_reader(database_url: str) -> AsyncIterator[AuditReader]:
     async with connected(database_url) as engine:
         await migrate.ensure_current(engine)
         yield SqlAuditStore(engine)
+
+
+async def quota_report(database_url: str, zone_name: str) -> dict[str, QuotaStatus]:
+    """Every user's quota and its use now (across nodes), for `user list` and `stats`."""
+    try:
+        zone = zoneinfo.ZoneInfo(zone_name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"quota_time_zone: {zone_name!r} is not a known time zone") from None
+    async with connected(database_url) as engine:
+        await migrate.ensure_current(engine)
+        users = await SqlUserStore(engine).list_users()
+        return await quota_statuses(users, SqlTrafficUsage(engine), datetime.now(UTC), zone)
 
 
 async def upgrade_database(database_url: str) -> str:
@@ -171,6 +187,7 @@ async def running_server(
             changes=changes,
             on_users_changed=cached_users.invalidate,
             leases=leases,
+            usage=SqlTrafficUsage(engine),
         )
         if admin is not None:
             access.set_other_endpoints([(admin.bound.host, admin.bound.port)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,12 @@ class Settings:
     admin_listen: ListenAddress | None = None
     # Per-user labels on the metrics: one series per user, so opt-in.
     metrics_per_user: bool = False
+    # Traffic quotas (server/quota.py): every this often a node writes the bytes its users'
+    # tunnels moved and reads every node's totals; a node's unflushed share is what a user
+    # moves in this long, and a used-up quota ends tunnels within about twice this.
+    quota_flush_seconds: float = 0.5
+    # Where a quota's day, week and month begin (an IANA zone name); hours are counted here.
+    quota_time_zone: str = "UTC"
     log_level: str = "INFO"
     # "text": human-readable lines; "json": one JSON object per line.
     log_format: str = "text"
@@ -153,6 +160,7 @@ class Settings:
             "udp_idle_timeout_seconds",
             "bind_timeout_seconds",
             "change_poll_seconds",
+            "quota_flush_seconds",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be a positive number of seconds")
@@ -172,10 +180,21 @@ class Settings:
             raise ConfigError("node_name: must be 1 to 255 characters")
         if not self.shutdown_grace_seconds >= 0:
             raise ConfigError("shutdown_grace_seconds: must be zero or more seconds")
+        try:
+            self.quota_zone()
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"quota_time_zone: {self.quota_time_zone!r} is not a known time zone "
+                "(an IANA name such as UTC or Europe/Berlin)"
+            ) from None
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("log_level: must be one of DEBUG, INFO, WARNING, ERROR")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format: must be 'text' or 'json'")
+
+    def quota_zone(self) -> zoneinfo.ZoneInfo:
+        """The time zone of quota periods (ZoneInfo caches it: cheap to call)."""
+        return zoneinfo.ZoneInfo(self.quota_time_zone)
 
     def is_trusted(self, host: str) -> bool:
         """Whether a client at ``host`` may skip authentication (method 0x00)."""

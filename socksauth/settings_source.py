@@ -296,6 +296,13 @@ OPTIONS: tuple[Option, ...] = (
            metavar="PATH",
            help="Where audit entries wait while the database is unreachable. [default: next "
            "to the SQLite file, else $XDG_STATE_HOME/socksauth/audit-spill-NODE.jsonl]"),
+    Option(name="quota-flush-interval", field="quota_flush_seconds", kind=SECONDS,
+           metavar="SECONDS",
+           help="Seconds between writes of users' traffic and reads of every node's totals for "
+           "quotas; a used-up quota ends tunnels within about twice this."),
+    Option(name="quota-time-zone", field="quota_time_zone", kind=Text(), metavar="ZONE",
+           help="Time zone (IANA name) in which quota days, weeks and months begin. "
+           "[default: UTC]"),
     Option(name="log-level", field="log_level",
            kind=Text(choices=("DEBUG", "INFO", "WARNING", "ERROR")), metavar="LEVEL",
            help="DEBUG, INFO, WARNING or ERROR."),

@@ -10,9 +10,15 @@ import click
 
 from socksauth import app
 from socksauth.auth import accounts, passwords
-from socksauth.cli.options import database_url_option, resolve_database_url, run_command
+from socksauth.cli.options import (
+    database_url_option,
+    resolve_database_url,
+    resolve_quota_time_zone,
+    run_command,
+)
 from socksauth.errors import ConfigError
 from socksauth.server.limits import format_rate, parse_rate
+from socksauth.server.quota import QuotaStatus, format_usage, parse_quota
 from socksauth.store.interfaces import UserRecord, UserStore
 
 
@@ -91,11 +97,15 @@ def passwd(username: str, password_stdin: bool, generate: bool, database_url: st
 @user.command(name="list")
 @database_url_option
 def list_(database_url: str | None) -> None:
-    """List accounts: name, enabled, created, last login, and their limits ("-": none)."""
+    """List accounts: name, enabled, created, last login, and their limits ("-": none);
+    a quota as used/limit per period (every node's traffic) and when it resets."""
     rows: list[tuple[str, ...]] = []
+    url = resolve_database_url(database_url)
+    quotas = run_command(app.quota_report(url, resolve_quota_time_zone()))
 
     async def action(store: UserStore) -> None:
         for record in await accounts.list_users(store):
+            quota = quotas.get(record.username)
             rows.append(
                 (
                     record.username,
@@ -107,16 +117,33 @@ def list_(database_url: str | None) -> None:
                     if record.max_bandwidth_bytes_per_second is None
                     else format_rate(record.max_bandwidth_bytes_per_second),
                     _when(record.expires_at) if record.expires_at else "-",
+                    _quota(quota),
+                    _resets(quota),
                 )
             )
 
-    run_command(_with_store(database_url, action))
-    header = ("USER", "ENABLED", "CREATED", "LAST LOGIN", "MAX CONN", "MAX BANDWIDTH", "EXPIRES")
+    run_command(_with_store(url, action))
+    header = (
+        "USER", "ENABLED", "CREATED", "LAST LOGIN", "MAX CONN", "MAX BANDWIDTH", "EXPIRES",
+        "QUOTA USED", "RESETS",
+    )  # fmt: skip
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+
+
+def _quota(quota: QuotaStatus | None) -> str:
+    if quota is None:
+        return "-"
+    return f"{format_usage(quota.used)} of {quota.limit_text}"
+
+
+def _resets(quota: QuotaStatus | None) -> str:
+    if quota is None:
+        return "-"
+    return "rolling" if quota.resets_at is None else _when(quota.resets_at)
 
 
 def _when(moment: datetime) -> str:
@@ -215,12 +242,19 @@ def _connections(text: str) -> int:
     help="The account stops working at this date (UTC, 2027-01-31) or ISO date and time; "
     "its open tunnels end within seconds.",
 )
+@click.option(
+    "--quota",
+    metavar="SIZE/PERIOD|none",
+    help="Traffic both ways over all nodes per period: 10GiB/month, 500MB/day, 2GiB/week, or "
+    "50GB/30d (rolling); once used up, requests get reply 0x02 and tunnels end.",
+)
 @database_url_option
 def set_(
     username: str,
     max_connections: str | None,
     max_bandwidth: str | None,
     expires: str | None,
+    quota: str | None,
     database_url: str | None,
 ) -> None:
     """Set USERNAME's limits; options left out keep their value."""
@@ -229,6 +263,12 @@ def set_(
         bandwidth = _limit(max_bandwidth, parse_rate)
     except ConfigError as error:
         raise click.BadParameter(str(error), param_hint="--max-bandwidth") from None
+    traffic: tuple[int, str] | accounts.Keep | None = accounts.KEEP
+    try:
+        if quota is not None:
+            traffic = None if quota.lower() in ("none", "unlimited") else parse_quota(quota)
+    except ConfigError as error:
+        raise click.BadParameter(str(error), param_hint="--quota") from None
     expires_at = _expiry(expires)
     changed: list[UserRecord] = []
 
@@ -240,6 +280,7 @@ def set_(
                 max_connections=connections,
                 max_bandwidth_bytes_per_second=bandwidth,
                 expires_at=expires_at,
+                quota=traffic,
             )
         )
 
@@ -256,4 +297,10 @@ def set_(
         )
         + ", expires "
         + (record.expires_at.strftime("%Y-%m-%d %H:%M:%SZ") if record.expires_at else "never")
+        + ", quota "
+        + (
+            f"{record.quota_bytes} B/{record.quota_period}"
+            if record.quota_bytes is not None
+            else "none"
+        )
     )

@@ -18,12 +18,14 @@ from socksauth.server.limits import (
     UserConnections,
 )
 from socksauth.server.policy import COMMAND_NAMES, Action, DestinationPolicy, Rule
+from socksauth.server.quota import QuotaTracker
 from socksauth.store.interfaces import (
     ChangeFeed,
     ConnectionLeases,
     LiveUsers,
     RuleRecord,
     RuleSource,
+    TrafficUsage,
     UserRecord,
 )
 
@@ -89,10 +91,12 @@ class Access:
         changes: ChangeFeed | None = None,
         on_users_changed: Callable[[], None] | None = None,
         leases: ConnectionLeases | None = None,
+        usage: TrafficUsage | None = None,
     ) -> None:
         """``changes``: where news of account and rule changes comes from; on each one the
         rules are re-read and ``on_users_changed`` drops cached accounts. ``leases``: per-user
-        connection counts shared with other nodes (else counted in this process only)."""
+        connection counts shared with other nodes (else counted in this process only).
+        ``usage``: per-user traffic shared with other nodes, for quotas (else this process's)."""
         self.settings = settings
         self.policy = (
             policy
@@ -108,6 +112,13 @@ class Access:
         )
         self.user_connections = UserConnections(leases)
         self.bandwidth = Bandwidth()
+        self.quotas = QuotaTracker(
+            usage,
+            users,
+            settings.node_name,
+            zone=settings.quota_zone(),
+            flush_seconds=settings.quota_flush_seconds,
+        )
         self._rules = rules
         self._users = users
         self.changes = changes
@@ -125,6 +136,7 @@ class Access:
             max_unauthenticated=settings.max_unauthenticated,
             max_unauthenticated_per_address=settings.max_unauthenticated_per_address,
         )
+        self.quotas.use_settings(settings.quota_zone(), settings.quota_flush_seconds)
         self._use_rules(self.policy.rules)
 
     def set_own_endpoints(self, endpoints: Sequence[tuple[str, int]]) -> None:
@@ -171,6 +183,7 @@ class Access:
             return False
         if self._on_users_changed is not None:
             self._on_users_changed()
+        self.quotas.limits_changed()
         await self.load_rules()
         return True
 

@@ -82,6 +82,7 @@ class Outcome(enum.Enum):
     LIMIT_EXCEEDED = "limit_exceeded"  # the user's max_connections were in use (reply 0x02)
     REVOKED = "revoked"  # ended because the account was disabled, deleted, expired or changed
     REFUSED = "refused"  # not admitted at accept: a cap, or not an allowed client network
+    QUOTA_EXCEEDED = "quota_exceeded"  # traffic quota used up: request refused (0x02) or ended
     ERROR = "error"
 
 
@@ -297,6 +298,9 @@ class ClientConnection:
         self._lease: UserLease | None = None
         self._transport: asyncio.Transport | None = None
         self._revoked: str | None = None
+        self._quota_exceeded = False
+        # The part of traffic() the quota tracker has counted (server/quota.py).
+        self.quota_counted = 0
         self._denial: Verdict | None = None
         # The load balancer connected on its own (no header, or a LOCAL one): a health check
         # when it leaves without a word, logged at debug instead of once per check.
@@ -394,8 +398,12 @@ class ClientConnection:
                 self._lease.release()
             if self._revoked is not None:
                 record.outcome = Outcome.REVOKED
+            if self._quota_exceeded:
+                record.outcome = Outcome.QUOTA_EXCEEDED
             if self.relay is not None:
                 record.bytes_from_client, record.bytes_to_client = self.relay.bytes_counts()
+            if self._access is not None:
+                self._access.quotas.finished(self)
             record.duration_seconds = time.monotonic() - record.started
             record.ended_at = record.started_at + timedelta(seconds=record.duration_seconds)
             if self._load_balancer_check and record.outcome is Outcome.CLIENT_GONE:
@@ -439,6 +447,21 @@ class ClientConnection:
         elif self._transport is not None:
             # The association and the binding end when their control connection does.
             self._transport.abort()
+
+    def end_for_quota(self) -> None:
+        """End this client's tunnel, association or binding now: its quota is used up."""
+        self._quota_exceeded = True
+        self.end("quota exceeded")
+
+    def traffic(self) -> int:
+        """Bytes moved both ways so far, from the counters the relay keeps anyway."""
+        if self.relay is not None:
+            from_client, to_client = self.relay.bytes_counts()
+            return from_client + to_client
+        if self.association is not None:
+            counters = self.association.counters
+            return counters.bytes_from_client + counters.bytes_to_client
+        return 0
 
     async def _next_event(self) -> ClientEvent:
         while True:
@@ -570,6 +593,15 @@ class ClientConnection:
         if access is None:
             return True
         user = self.user
+        if (
+            user is not None
+            and user.quota_bytes is not None
+            and not await access.quotas.admit(user)
+        ):
+            log.info("%s: %r has used up its traffic quota", record.client, user.username)
+            self._reply(transport, Reply.CONNECTION_NOT_ALLOWED, record)
+            record.outcome = Outcome.QUOTA_EXCEEDED
+            return False
         if user is not None:
             self._lease = await access.user_connections.acquire(
                 user.username, user.max_connections

@@ -27,6 +27,13 @@ class UserRecord:
     max_connections: int | None = None
     max_bandwidth_bytes_per_second: int | None = None
     expires_at: datetime | None = None
+    # Bytes both ways per quota_period ("day", "week", "month" or "Nd" rolling); None: none.
+    quota_bytes: int | None = None
+    quota_period: str | None = None
+    # Networks (CIDR text) the user may log in from; empty: anywhere.
+    client_networks: tuple[str, ...] = ()
+    # Local addresses (or "pool:NAME") the user's outbound traffic leaves from; empty: any.
+    egress: tuple[str, ...] = ()
 
     def expired(self, now: datetime) -> bool:
         """Whether the account's expiry has passed at ``now`` (aware, UTC)."""
@@ -87,6 +94,20 @@ class UserStore(UserLookup, Protocol):
         expires_at: datetime | None,
     ) -> None:
         """Replace the three limits (None: none); UserError if there is no such user."""
+        ...
+
+    async def set_quota(
+        self, username: str, quota_bytes: int | None, quota_period: str | None
+    ) -> None:
+        """Replace the traffic quota (None: none); UserError if there is no such user."""
+        ...
+
+    async def set_client_networks(self, username: str, networks: Sequence[str]) -> None:
+        """Replace the networks the user may log in from (empty: anywhere)."""
+        ...
+
+    async def set_egress(self, username: str, egress: Sequence[str]) -> None:
+        """Replace the user's egress addresses and pools (empty: the system's choice)."""
         ...
 
 
@@ -175,6 +196,8 @@ INTERRUPTED = "interrupted"
 OPEN = "open"
 # The outcome of a wrong password, unknown or disabled user: a "failed login" in the stats.
 AUTH_FAILED = "auth_failed"
+# A request refused, or a tunnel ended, because the user's traffic quota is used up.
+QUOTA_EXCEEDED = "quota_exceeded"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -274,4 +297,30 @@ class AuditReader(Protocol):
 
     async def prune(self, before: datetime) -> int:
         """Delete finished entries that started before ``before``; how many were deleted."""
+        ...
+
+
+class TrafficUsage(Protocol):
+    """Bytes relayed per user, counted by every node into the database (store/usage.py)."""
+
+    async def add(self, node: str, bucket_start: datetime, usage: Mapping[str, int]) -> None:
+        """Add ``usage`` (bytes by username) to ``node``'s counts for the hour at
+        ``bucket_start``, in one transaction."""
+        ...
+
+    async def totals(self, since: Mapping[str, datetime]) -> Mapping[str, int]:
+        """For each username, the bytes of every node in the hours from ``since[username]``
+        on (users without any: absent), in one query."""
+        ...
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the hours before ``before``; how many rows."""
+        ...
+
+
+class EgressSource(Protocol):
+    """Where the server finds the egress addresses users were given (checked at start)."""
+
+    async def egress_entries(self) -> set[str]:
+        """Every distinct egress entry of any user."""
         ...
