@@ -9,8 +9,11 @@ Failures are throttled per client address and username (auth/throttle.py); at mo
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -79,6 +82,15 @@ class LoginRecorder:
         await self.flush()
 
 
+@dataclass(frozen=True, slots=True)
+class Login:
+    """The outcome of one login: the user, or None with ``wrong_network`` set when the
+    password was right but the client is outside the user's client networks."""
+
+    user: UserRecord | None
+    wrong_network: bool = False
+
+
 class Authenticator:
     """Checks RFC 1929 credentials against the user store."""
 
@@ -113,12 +125,19 @@ class Authenticator:
     ) -> UserRecord | None:
         """The user if the password is right and the account enabled and not expired, else
         None; also None, without verifying, while ``client_host`` is locked out for it."""
+        return (await self.login(username, password, client_host)).user
+
+    async def login(self, username: str, password: str, client_host: str = "") -> Login:
+        """As authenticate(), saying also whether a right password came from outside the
+        user's client networks. Such a login costs what a wrong password costs: the stored
+        hash is verified (never the cache of recent logins, which would answer faster) and
+        the failure is throttled like any other."""
         if self._dummy_hash is None:
             await self.start()
         assert self._dummy_hash is not None
         admission = self._throttle.admit(client_host, username)
         if admission.locked:
-            return None
+            return Login(None)
         if admission.delay_seconds:
             await asyncio.sleep(admission.delay_seconds)
         # A name no account can have (NUL, other control characters, bytes that are not
@@ -127,25 +146,28 @@ class Authenticator:
         user = await self._users.get_user(username) if _could_be_account(username) else None
         usable = user is not None and user.enabled and not user.expired(self._clock())
         stored_hash = user.password_hash if user is not None and usable else self._dummy_hash
-        if usable and self._cache.contains(username, stored_hash, password):
+        allowed_here = (
+            user is None or not user.client_networks or _from(client_host, user.client_networks)
+        )
+        if usable and allowed_here and self._cache.contains(username, stored_hash, password):
             assert user is not None
             self._throttle.succeeded(client_host, username)
             self._logins.record(user.username)
-            return user
+            return Login(user)
         loop = asyncio.get_running_loop()
         async with self._verifying:
             matches = await loop.run_in_executor(
                 self._executor, passwords.verify_password, password, stored_hash
             )
-        if not (matches and usable and user is not None):
+        if not (matches and usable and user is not None and allowed_here):
             self._throttle.failed(client_host, username)
-            return None
+            return Login(None, wrong_network=matches and usable and not allowed_here)
         self._throttle.succeeded(client_host, username)
         if passwords.needs_rehash(stored_hash):
             stored_hash = await self._rehash(user, password, loop)
         self._cache.add(username, stored_hash, password)
         self._logins.record(user.username)
-        return user
+        return Login(user)
 
     async def _rehash(
         self, user: UserRecord, password: str, loop: asyncio.AbstractEventLoop
@@ -160,6 +182,32 @@ class Authenticator:
             log.exception("could not store the rehashed password of %r", user.username)
             return user.password_hash
         return new_hash
+
+
+@functools.lru_cache(maxsize=1024)
+def _networks(
+    texts: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A user's client networks, parsed once per distinct list; a CIDR that does not parse
+    (only a hand-edited database has one) matches nothing."""
+    networks = []
+    for text in texts:
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            log.error("client network %r of a user is not a network; ignored", text)
+    return tuple(networks)
+
+
+def _from(client_host: str, texts: tuple[str, ...]) -> bool:
+    """Whether ``client_host`` (the client behind any PROXY header) is in one of ``texts``."""
+    try:
+        address = ipaddress.ip_address(client_host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in _networks(texts))
 
 
 def _could_be_account(username: str) -> bool:

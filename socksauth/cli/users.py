@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -248,6 +249,15 @@ def _connections(text: str) -> int:
     help="Traffic both ways over all nodes per period: 10GiB/month, 500MB/day, 2GiB/week, or "
     "50GB/30d (rolling); once used up, requests get reply 0x02 and tunnels end.",
 )
+@click.option(
+    "--client-network",
+    "client_networks",
+    multiple=True,
+    metavar="CIDR|any",
+    help="The user may log in only from this client network (repeatable; behind a load "
+    "balancer, the client the PROXY header names); from elsewhere the login fails as with a "
+    "wrong password. 'any' clears the list.",
+)
 @database_url_option
 def set_(
     username: str,
@@ -255,6 +265,7 @@ def set_(
     max_bandwidth: str | None,
     expires: str | None,
     quota: str | None,
+    client_networks: tuple[str, ...],
     database_url: str | None,
 ) -> None:
     """Set USERNAME's limits; options left out keep their value."""
@@ -270,6 +281,7 @@ def set_(
     except ConfigError as error:
         raise click.BadParameter(str(error), param_hint="--quota") from None
     expires_at = _expiry(expires)
+    networks = _client_networks(client_networks)
     changed: list[UserRecord] = []
 
     async def action(store: UserStore) -> None:
@@ -281,6 +293,7 @@ def set_(
                 max_bandwidth_bytes_per_second=bandwidth,
                 expires_at=expires_at,
                 quota=traffic,
+                client_networks=networks,
             )
         )
 
@@ -303,4 +316,23 @@ def set_(
             if record.quota_bytes is not None
             else "none"
         )
+        + ", client networks "
+        + (" ".join(record.client_networks) if record.client_networks else "any")
     )
+
+
+def _client_networks(texts: tuple[str, ...]) -> list[str] | accounts.Keep:
+    """The networks as given (normalised CIDRs), [] for 'any', KEEP when not given."""
+    if not texts:
+        return accounts.KEEP
+    if [text.lower() for text in texts] in (["any"], ["none"]):
+        return []
+    networks = []
+    for text in texts:
+        try:
+            networks.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            raise click.BadParameter(
+                f"{text!r} is not an IP network (CIDR)", param_hint="--client-network"
+            ) from None
+    return networks

@@ -83,6 +83,7 @@ class Outcome(enum.Enum):
     REVOKED = "revoked"  # ended because the account was disabled, deleted, expired or changed
     REFUSED = "refused"  # not admitted at accept: a cap, or not an allowed client network
     QUOTA_EXCEEDED = "quota_exceeded"  # traffic quota used up: request refused (0x02) or ended
+    WRONG_NETWORK = "wrong_network"  # right password, client outside the user's networks
     ERROR = "error"
 
 
@@ -535,14 +536,22 @@ class ClientConnection:
                     return None
                 assert isinstance(credentials, Credentials)
                 record.username = credentials.username
-                user = await self._authenticator.authenticate(
+                login = await self._authenticator.login(
                     credentials.username, credentials.password, client_host
                 )
-                self.user = user
+                user = self.user = login.user
                 status = AuthStatus.SUCCESS if user is not None else AuthStatus.FAILURE
                 transport.write(self._conn.send(AuthReply(status)))
                 if user is None:
                     # RFC 1929 §2: on failure "the server MUST close the connection".
+                    if login.wrong_network:
+                        record.outcome = Outcome.WRONG_NETWORK
+                        log.info(
+                            "%s: login refused for user %r: not from its client networks",
+                            record.client,
+                            credentials.username,
+                        )
+                        return None
                     record.outcome = Outcome.AUTH_FAILED
                     log.info("%s: login failed for user %r", record.client, credentials.username)
                     return None

@@ -16,6 +16,7 @@ from socksauth.store.interfaces import (
     AUTH_FAILED,
     INTERRUPTED,
     OPEN,
+    WRONG_NETWORK,
     AuditEntry,
     AuditQuery,
     SortOrder,
@@ -112,7 +113,9 @@ class SqlAuditStore:
             select(
                 AuditRow.username,
                 func.sum(case((AuditRow.command.is_not(None), 1), else_=0)).label("connections"),
-                func.sum(case((AuditRow.outcome == AUTH_FAILED, 1), else_=0)).label("failed"),
+                func.sum(
+                    case((AuditRow.outcome.in_((AUTH_FAILED, WRONG_NETWORK)), 1), else_=0)
+                ).label("failed"),
                 func.coalesce(func.sum(AuditRow.bytes_from_client), 0).label("from_client"),
                 func.coalesce(func.sum(AuditRow.bytes_to_client), 0).label("to_client"),
                 # Tunnel time: a refused handshake's duration is not time spent tunnelling.

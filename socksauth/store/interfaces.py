@@ -196,6 +196,9 @@ INTERRUPTED = "interrupted"
 OPEN = "open"
 # The outcome of a wrong password, unknown or disabled user: a "failed login" in the stats.
 AUTH_FAILED = "auth_failed"
+# A login from outside the user's client networks: answered as a wrong password, counted as a
+# failed login, audited under its own name so an administrator sees why.
+WRONG_NETWORK = "wrong_network"
 # A request refused, or a tunnel ended, because the user's traffic quota is used up.
 QUOTA_EXCEEDED = "quota_exceeded"
 

@@ -309,3 +309,25 @@ async def test_user_commands_refuse_an_unmigrated_database(
     result = await cli("user", "list", "--database-url", database_url)
     assert result.exit_code == 1
     assert "socksauth db upgrade" in one_error_line(result.stderr)
+
+
+async def test_user_set_client_networks_are_stored_normalised_and_cleared_with_any(
+    database_url: str, user_store: SqlUserStore
+) -> None:
+    result = await cli("user", "set", ALICE, "--client-network", "10.1.2.3/16", "--client-network",
+                       "2001:db8::/32", "--database-url", database_url)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "client networks 10.1.0.0/16 2001:db8::/32" in result.stdout
+    alice = await user_store.get_user(ALICE)
+    assert alice is not None and alice.client_networks == ("10.1.0.0/16", "2001:db8::/32")
+    bad = await cli("user", "set", ALICE, "--client-network", "10.1.0.0/33",
+                    "--database-url", database_url)  # fmt: skip
+    assert bad.exit_code == 2
+    assert bad.output.strip().splitlines()[-1].startswith(
+        "Error: Invalid value for --client-network"
+    )
+    cleared = await cli("user", "set", ALICE, "--client-network", "any", "--database-url",
+                        database_url)  # fmt: skip
+    assert cleared.exit_code == 0 and "client networks any" in cleared.stdout
+    alice = await user_store.get_user(ALICE)
+    assert alice is not None and alice.client_networks == ()
