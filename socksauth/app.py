@@ -188,6 +188,7 @@ async def running_server(
             on_users_changed=cached_users.invalidate,
             leases=leases,
             usage=SqlTrafficUsage(engine),
+            egress_source=users,
         )
         if admin is not None:
             access.set_other_endpoints([(admin.bound.host, admin.bound.port)])
@@ -195,6 +196,7 @@ async def running_server(
             # The revision first: a change made after it was read is one the watch sees.
             await access.check_changes()
             await access.load_rules()
+            await access.check_egress()
         server = await stack.enter_async_context(
             ProxyServer(settings, authenticator, observer, listen_sockets, access)
         )
@@ -282,6 +284,10 @@ async def reload_server(
             await server.access.load_rules()
         except Exception:
             log.exception("reload: could not re-read the rules; the rules in force stay")
+        try:
+            await server.access.check_egress()
+        except Exception:
+            log.exception("reload: could not check the egress addresses")
     log.info("reloaded")
     return True
 

@@ -76,6 +76,35 @@ def parse_networks(texts: Iterable[str], setting: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EgressPool:
+    """A named set of local addresses that users' outbound traffic may leave from."""
+
+    name: str
+    addresses: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name}={','.join(self.addresses)}"
+
+
+def parse_egress_pool(text: str) -> EgressPool:
+    """``NAME=ADDR,ADDR,...``; ConfigError naming the problem."""
+    name, equals, rest = text.partition("=")
+    name = name.strip()
+    if not equals or not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"egress pool {text!r}: write NAME=ADDRESS,ADDRESS (a name of letters, "
+                          "digits, - and _)")  # fmt: skip
+    addresses = []
+    for item in rest.split(","):
+        try:
+            addresses.append(str(ipaddress.ip_address(item.strip())))
+        except ValueError:
+            raise ConfigError(
+                f"egress pool {name}: {item.strip()!r} is not an IP address"
+            ) from None
+    return EgressPool(name=name, addresses=tuple(addresses))
+
+
 def default_workers() -> int:
     """The cores this process may run on: its CPU affinity (taskset, cpusets, containers
     pinned to cores), which os.cpu_count() ignores."""
@@ -147,6 +176,14 @@ class Settings:
     quota_flush_seconds: float = 0.5
     # Where a quota's day, week and month begin (an IANA zone name); hours are counted here.
     quota_time_zone: str = "UTC"
+    # Named sets of local addresses for users' outbound traffic (user set --egress pool:NAME).
+    egress_pools: tuple[EgressPool, ...] = ()
+    # A session key in a username (alice-session-abc123) keeps one egress address this long
+    # after its last use; then the next request picks anew.
+    egress_session_ttl_seconds: float = 600.0
+    # What separates the account name from a session key in a username; empty: no session
+    # keys (the whole username is the account's name).
+    session_separator: str = "-session-"
     log_level: str = "INFO"
     # "text": human-readable lines; "json": one JSON object per line.
     log_format: str = "text"
@@ -161,6 +198,7 @@ class Settings:
             "bind_timeout_seconds",
             "change_poll_seconds",
             "quota_flush_seconds",
+            "egress_session_ttl_seconds",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be a positive number of seconds")
@@ -180,6 +218,11 @@ class Settings:
             raise ConfigError("node_name: must be 1 to 255 characters")
         if not self.shutdown_grace_seconds >= 0:
             raise ConfigError("shutdown_grace_seconds: must be zero or more seconds")
+        names = [pool.name for pool in self.egress_pools]
+        if len(set(names)) != len(names):
+            raise ConfigError("egress_pools: a pool name is given twice")
+        if self.session_separator.strip() != self.session_separator:
+            raise ConfigError("session_separator: must not start or end with whitespace")
         try:
             self.quota_zone()
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):

@@ -18,6 +18,7 @@ from socksauth.cli.options import (
     run_command,
 )
 from socksauth.errors import ConfigError
+from socksauth.server.egress import parse_entry
 from socksauth.server.limits import format_rate, parse_rate
 from socksauth.server.quota import QuotaStatus, format_usage, parse_quota
 from socksauth.store.interfaces import UserRecord, UserStore
@@ -258,6 +259,14 @@ def _connections(text: str) -> int:
     "balancer, the client the PROXY header names); from elsewhere the login fails as with a "
     "wrong password. 'any' clears the list.",
 )
+@click.option(
+    "--egress",
+    multiple=True,
+    metavar="ADDRESS|pool:NAME|none",
+    help="A local address (or a pool from serve --egress-pool) the user's outbound "
+    "connections and UDP datagrams leave from; repeatable: round robin, or sticky per "
+    "session key (alice-session-KEY). 'none' clears the list.",
+)
 @database_url_option
 def set_(
     username: str,
@@ -266,6 +275,7 @@ def set_(
     expires: str | None,
     quota: str | None,
     client_networks: tuple[str, ...],
+    egress: tuple[str, ...],
     database_url: str | None,
 ) -> None:
     """Set USERNAME's limits; options left out keep their value."""
@@ -282,6 +292,7 @@ def set_(
         raise click.BadParameter(str(error), param_hint="--quota") from None
     expires_at = _expiry(expires)
     networks = _client_networks(client_networks)
+    egress_entries = _egress(egress)
     changed: list[UserRecord] = []
 
     async def action(store: UserStore) -> None:
@@ -294,6 +305,7 @@ def set_(
                 expires_at=expires_at,
                 quota=traffic,
                 client_networks=networks,
+                egress=egress_entries,
             )
         )
 
@@ -318,7 +330,26 @@ def set_(
         )
         + ", client networks "
         + (" ".join(record.client_networks) if record.client_networks else "any")
+        + ", egress "
+        + (" ".join(record.egress) if record.egress else "any")
     )
+
+
+def _egress(texts: tuple[str, ...]) -> list[str] | accounts.Keep:
+    """The egress entries as given (normalised), [] for 'none', KEEP when not given."""
+    if not texts:
+        return accounts.KEEP
+    if [text.lower() for text in texts] in (["none"], ["any"]):
+        return []
+    entries = []
+    for text in texts:
+        try:
+            entries.append(parse_entry(text.strip()))
+        except ValueError:
+            raise click.BadParameter(
+                f"{text!r} is neither an IP address nor pool:NAME", param_hint="--egress"
+            ) from None
+    return entries
 
 
 def _client_networks(texts: tuple[str, ...]) -> list[str] | accounts.Keep:

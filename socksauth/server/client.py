@@ -46,8 +46,15 @@ from socksauth.protocol.proxy_header import (
 )
 from socksauth.server.access import Access
 from socksauth.server.bind import Binding, expected_peers
+from socksauth.server.egress import Egress, split_session
 from socksauth.server.limits import ClientSlot, Refusal, UserLease
-from socksauth.server.outbound import Dialer, NotAllowed, ResolvedAddress, reply_for_error
+from socksauth.server.outbound import (
+    Dialer,
+    NotAllowed,
+    ResolvedAddress,
+    has_egress_failure,
+    reply_for_error,
+)
 from socksauth.server.policy import Verdict, parse_address
 from socksauth.server.relay import CloseReason, Relay
 from socksauth.server.udp import AssociationEnd, UdpAssociation, normalise_host
@@ -302,6 +309,8 @@ class ClientConnection:
         self._quota_exceeded = False
         # The part of traffic() the quota tracker has counted (server/quota.py).
         self.quota_counted = 0
+        # The session key from the username (alice-session-KEY), for sticky egress.
+        self._session: str | None = None
         self._denial: Verdict | None = None
         # The load balancer connected on its own (no header, or a LOCAL one): a health check
         # when it leaves without a word, logged at debug instead of once per check.
@@ -535,10 +544,11 @@ class ClientConnection:
                     record.outcome = Outcome.CLIENT_GONE
                     return None
                 assert isinstance(credentials, Credentials)
-                record.username = credentials.username
-                login = await self._authenticator.login(
-                    credentials.username, credentials.password, client_host
+                account, self._session = split_session(
+                    credentials.username, self._settings.session_separator
                 )
+                record.username = account
+                login = await self._authenticator.login(account, credentials.password, client_host)
                 user = self.user = login.user
                 status = AuthStatus.SUCCESS if user is not None else AuthStatus.FAILURE
                 transport.write(self._conn.send(AuthReply(status)))
@@ -549,11 +559,11 @@ class ClientConnection:
                         log.info(
                             "%s: login refused for user %r: not from its client networks",
                             record.client,
-                            credentials.username,
+                            account,
                         )
                         return None
                     record.outcome = Outcome.AUTH_FAILED
-                    log.info("%s: login failed for user %r", record.client, credentials.username)
+                    log.info("%s: login failed for user %r", record.client, account)
                     return None
             request = await self._next_event()
             if isinstance(request, ConnectionClosed):
@@ -683,18 +693,29 @@ class ClientConnection:
                 Command.CONNECT, name, str(resolved.sockaddr[0]), resolved.sockaddr[1]
             )
 
+        egress = self._egress()
         try:
-            sock = await self._dialer.connect(target, allow)
+            sock = await self._dialer.connect(
+                target, allow, None if egress is None else egress.source_for
+            )
         except NotAllowed:
             self._deny(transport, record, self._denial)
             return
         except OSError as error:  # TimeoutError and socket.gaierror are OSErrors too
             reply = reply_for_error(error)
+            if has_egress_failure(error):
+                log.warning("%s: CONNECT %s: %s", record.client, target, error)
             log.info("%s: CONNECT %s failed: %s (%s)", record.client, target, reply.name, error)
             self._reply(transport, reply, record)
             record.outcome = Outcome.CONNECT_FAILED
             return
         await self._tunnel(transport, sock, record, reply_with_peer=False)
+
+    def _egress(self) -> Egress | None:
+        """Where this request's outbound traffic leaves from (None: the system chooses)."""
+        if self._access is None:
+            return None
+        return self._access.egress.choose(self.user, self._session)
 
     async def _tunnel(
         self,
@@ -791,6 +812,7 @@ class ClientConnection:
     ) -> None:
         """RFC 1928 §7 UDP ASSOCIATE: open the relay, reply with its address, relay until the
         control connection closes or the association is idle too long."""
+        egress = self._egress()
         association = UdpAssociation(
             client_host=record.client_host,
             # DST.ADDR/DST.PORT: where the client will send from, zeros if it does not know.
@@ -799,11 +821,14 @@ class ClientConnection:
             idle_timeout_seconds=self._settings.udp_idle_timeout_seconds,
             allow=None if self._access is None else self._datagram_allowed,
             allow_resolved=None if self._access is None else self._resolved_datagram_allowed,
+            source=None if egress is None else egress.source_for,
         )
         try:
             bound = await association.open(transport.get_extra_info("sockname")[0])
         except OSError as error:
             reply = reply_for_error(error)
+            if has_egress_failure(error):
+                log.warning("%s: UDP ASSOCIATE: %s", record.client, error)
             log.info("%s: UDP ASSOCIATE failed: %s (%s)", record.client, reply.name, error)
             self._reply(transport, reply, record)
             record.outcome = Outcome.ERROR

@@ -331,3 +331,19 @@ async def test_user_set_client_networks_are_stored_normalised_and_cleared_with_a
     assert cleared.exit_code == 0 and "client networks any" in cleared.stdout
     alice = await user_store.get_user(ALICE)
     assert alice is not None and alice.client_networks == ()
+
+
+async def test_user_set_egress_takes_addresses_and_pools_and_none_clears(
+    database_url: str, user_store: SqlUserStore
+) -> None:
+    result = await cli("user", "set", ALICE, "--egress", "127.0.0.2", "--egress", "pool:crawl",
+                       "--database-url", database_url)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "egress 127.0.0.2 pool:crawl" in result.stdout
+    alice = await user_store.get_user(ALICE)
+    assert alice is not None and alice.egress == ("127.0.0.2", "pool:crawl")
+    bad = await cli("user", "set", ALICE, "--egress", "eth0", "--database-url", database_url)
+    assert bad.exit_code == 2
+    assert bad.output.strip().splitlines()[-1].startswith("Error: Invalid value for --egress")
+    cleared = await cli("user", "set", ALICE, "--egress", "none", "--database-url", database_url)
+    assert cleared.exit_code == 0 and "egress any" in cleared.stdout
