@@ -165,6 +165,23 @@ async def test_a_used_up_quota_ends_the_tunnel_and_refuses_new_requests(
     assert statuses[ALICE].used == relayed >= 400_000
 
 
+async def test_a_quota_lowered_below_the_use_ends_the_open_tunnel_at_once(
+    start_proxy: ProxyFactory, user_store: SqlUserStore, echo_server: EchoServer
+) -> None:
+    await accounts.set_limits(user_store, ALICE, quota=(10_000_000, "week"))
+    async with start_proxy() as proxy:
+        reader, writer, reply = await open_tunnel(proxy.port, echo_server.host, echo_server.port)
+        try:
+            assert reply.reply == 0
+            await echo_bytes(reader, writer, 100_000)
+            await asyncio.sleep(2 * proxy.settings.quota_flush_seconds + 0.2)
+            # Nothing moves any more; the new quota alone must end the tunnel.
+            await accounts.set_limits(user_store, ALICE, quota=(150_000, "week"))
+            assert await closed_within(reader, 2.0) < 2.0
+        finally:
+            writer.close()
+
+
 async def test_the_count_survives_a_restart(
     start_proxy: ProxyFactory, user_store: SqlUserStore, echo_server: EchoServer
 ) -> None:
