@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-import statistics
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -160,14 +159,17 @@ async def test_a_login_from_elsewhere_costs_an_argon2_verification_like_a_wrong_
                 assert login.user is None
                 return time.perf_counter() - started
 
-            elsewhere = [await took("carol-Secret-77", "192.0.2.1") for _ in range(5)]
-            wrong = [await took("carol-Wrong-77", "10.9.1.1") for _ in range(5)]
+            elsewhere, wrong = [], []
+            for _ in range(7):  # interleaved: a busy host slows both alike
+                elsewhere.append(await took("carol-Secret-77", "192.0.2.1"))
+                wrong.append(await took("carol-Wrong-77", "10.9.1.1"))
             # Never the cache's microseconds: a full verification each time, as for a wrong
-            # password (same hash, same parameters).
+            # password (same hash, same parameters). The fastest of each is the cost itself,
+            # least disturbed by other load on the machine.
             assert cache.hits == 1
             assert min(elsewhere) > 0.002
-            ratio = statistics.median(elsewhere) / statistics.median(wrong)
-            assert 0.6 < ratio < 1.6, (elsewhere, wrong)
+            ratio = min(elsewhere) / min(wrong)
+            assert 0.5 < ratio < 2.0, (elsewhere, wrong)
             login = await auth.login("carol", "carol-Secret-77", "192.0.2.1")
             assert login.wrong_network
             assert not (await auth.login("carol", "carol-Wrong-77", "192.0.2.1")).wrong_network

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -13,12 +14,18 @@ from zoneinfo import ZoneInfo
 import pytest
 from e2e import (
     ALICE,
+    UDP_ASSOCIATE,
+    WAIT_SECONDS,
     EchoServer,
     ProxyFactory,
     eventually,
+    login,
     open_tunnel,
+    raw_connection,
     read_exactly,
+    read_reply,
     reply_to,
+    request,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -257,3 +264,39 @@ async def test_nobody_with_a_quota_means_no_quota_queries(
         assert await reply_to(proxy.port, echo_server.host, echo_server.port) == 0
         await eventually(lambda: proxy.server.active_clients == 0)
         assert access.quotas.used(ALICE) is None
+
+
+class _UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)
+
+
+async def test_datagrams_count_too_and_a_used_up_quota_ends_the_association(
+    start_proxy: ProxyFactory, user_store: SqlUserStore
+) -> None:
+    await accounts.set_limits(user_store, ALICE, quota=(20_000, "day"))
+    loop = asyncio.get_running_loop()
+    echo, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=("127.0.0.1", 0))
+    echo_port = echo.get_extra_info("sockname")[1]
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        async with start_proxy() as proxy, raw_connection(proxy.port) as (reader, writer):
+            await login(reader, writer)
+            writer.write(request("0.0.0.0", 0, UDP_ASSOCIATE))
+            reply = await read_reply(reader)
+            assert reply.reply == 0x00
+            client.bind(("127.0.0.1", 0))
+            client.settimeout(WAIT_SECONDS)
+            header = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + echo_port.to_bytes(2)
+            # 2 x 1,000 bytes per round trip: the quota is used up after 10.
+            for _ in range(12):
+                client.sendto(header + b"u" * 1000, (reply.host, reply.port))
+                await asyncio.to_thread(client.recv, 65535)
+            # The control connection ends, and with it the association.
+            assert await closed_within(reader, 2.0) < 2.0
+    finally:
+        client.close()
+        echo.close()
