@@ -15,8 +15,10 @@ import signal
 import socket
 import tempfile
 import time
+import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +44,7 @@ from socksauth.server.listener import (
     resolve_listen,
 )
 from socksauth.server.metrics import AuditSampler, MetricsObserver, ThrottleMetrics
+from socksauth.server.quota import QuotaStatus, quota_statuses
 from socksauth.store import migrate
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.changes import SqlChangeFeed
@@ -59,6 +62,7 @@ from socksauth.store.interfaces import AuditReader, RuleStore, ThrottleStore, Us
 from socksauth.store.leases import SqlConnectionLeases
 from socksauth.store.rules import SqlRuleStore
 from socksauth.store.throttle import SqlThrottleStore
+from socksauth.store.usage import SqlTrafficUsage
 from socksauth.store.users import SqlUserStore
 
 log = get_logger("app")
@@ -96,6 +100,18 @@ async def open_throttle_store(database_url: str) -> AsyncIterator[ThrottleStore]
     async with connected(database_url) as engine:
         await migrate.ensure_current(engine)
         yield SqlThrottleStore(engine)
+
+
+async def quota_report(database_url: str, zone_name: str) -> dict[str, QuotaStatus]:
+    """Every user's quota and its use now (across nodes), for `user list` and `stats`."""
+    try:
+        zone = zoneinfo.ZoneInfo(zone_name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"quota_time_zone: {zone_name!r} is not a known time zone") from None
+    async with connected(database_url) as engine:
+        await migrate.ensure_current(engine)
+        users = await SqlUserStore(engine).list_users()
+        return await quota_statuses(users, SqlTrafficUsage(engine), datetime.now(UTC), zone)
 
 
 async def upgrade_database(database_url: str) -> str:
@@ -222,6 +238,8 @@ async def running_server(
                 else _both(cached_users.invalidate, sharing.store_changed)
             ),
             leases=leases,
+            usage=SqlTrafficUsage(engine),
+            egress_source=users,
         )
         # The next login after a change committed anywhere is decided on the new state.
         cached_users.before_lookup = access.ensure_current
@@ -231,6 +249,7 @@ async def running_server(
             # The revision first: a change made after it was read is one the watch sees.
             await access.check_changes()
             await access.load_rules()
+            await access.check_egress()
         server = await stack.enter_async_context(
             ProxyServer(settings, authenticator, observer, listen_sockets, access)
         )
@@ -343,6 +362,10 @@ async def reload_server(
             log.warning(
                 "reload: could not re-read the rules; the rules in force stay: %s", describe(error)
             )
+        try:
+            await server.access.check_egress()
+        except Exception as error:
+            log.warning("reload: could not check the egress addresses: %s", describe(error))
     log.info("reloaded")
     return True
 

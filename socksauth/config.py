@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,35 @@ class ThrottleSettings:
         return _in_networks(host, self.exempt_networks)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EgressPool:
+    """A named set of local addresses that users' outbound traffic may leave from."""
+
+    name: str
+    addresses: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name}={','.join(self.addresses)}"
+
+
+def parse_egress_pool(text: str) -> EgressPool:
+    """``NAME=ADDR,ADDR,...``; ConfigError naming the problem."""
+    name, equals, rest = text.partition("=")
+    name = name.strip()
+    if not equals or not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"egress pool {text!r}: write NAME=ADDRESS,ADDRESS (a name of letters, "
+                          "digits, - and _)")  # fmt: skip
+    addresses = []
+    for item in rest.split(","):
+        try:
+            addresses.append(str(ipaddress.ip_address(item.strip())))
+        except ValueError:
+            raise ConfigError(
+                f"egress pool {name}: {item.strip()!r} is not an IP address"
+            ) from None
+    return EgressPool(name=name, addresses=tuple(addresses))
+
+
 def default_workers() -> int:
     """The cores this process may run on: its CPU affinity (taskset, cpusets, containers
     pinned to cores), which os.cpu_count() ignores."""
@@ -230,6 +260,20 @@ class Settings:
     admin_listen: ListenAddress | None = None
     # Per-user labels on the metrics: one series per user, so opt-in.
     metrics_per_user: bool = False
+    # Traffic quotas (server/quota.py): every this often a node writes the bytes its users'
+    # tunnels moved and reads every node's totals; a node's unflushed share is what a user
+    # moves in this long, and a used-up quota ends tunnels within about twice this.
+    quota_flush_seconds: float = 0.5
+    # Where a quota's day, week and month begin (an IANA zone name); hours are counted here.
+    quota_time_zone: str = "UTC"
+    # Named sets of local addresses for users' outbound traffic (user set --egress pool:NAME).
+    egress_pools: tuple[EgressPool, ...] = ()
+    # A session key in a username (alice-session-abc123) keeps one egress address this long
+    # after its last use; then the next request picks anew.
+    egress_session_ttl_seconds: float = 600.0
+    # What separates the account name from a session key in a username; empty: no session
+    # keys (the whole username is the account's name).
+    session_separator: str = "-session-"
     log_level: str = "INFO"
     # "text": human-readable lines; "json": one JSON object per line.
     log_format: str = "text"
@@ -258,6 +302,8 @@ class Settings:
             "udp_idle_timeout_seconds",
             "bind_timeout_seconds",
             "change_poll_seconds",
+            "quota_flush_seconds",
+            "egress_session_ttl_seconds",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be a positive number of seconds")
@@ -277,6 +323,18 @@ class Settings:
             raise ConfigError("node_name: must be 1 to 255 characters")
         if not self.shutdown_grace_seconds >= 0:
             raise ConfigError("shutdown_grace_seconds: must be zero or more seconds")
+        names = [pool.name for pool in self.egress_pools]
+        if len(set(names)) != len(names):
+            raise ConfigError("egress_pools: a pool name is given twice")
+        if self.session_separator.strip() != self.session_separator:
+            raise ConfigError("session_separator: must not start or end with whitespace")
+        try:
+            self.quota_zone()
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"quota_time_zone: {self.quota_time_zone!r} is not a known time zone "
+                "(an IANA name such as UTC or Europe/Berlin)"
+            ) from None
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("log_level: must be one of DEBUG, INFO, WARNING, ERROR")
         if self.log_format not in ("text", "json"):
@@ -301,6 +359,10 @@ class Settings:
             max_delayed_per_address=self.login_max_delayed_per_address,
             exempt_networks=self.login_exempt_networks,
         )
+
+    def quota_zone(self) -> zoneinfo.ZoneInfo:
+        """The time zone of quota periods (ZoneInfo caches it: cheap to call)."""
+        return zoneinfo.ZoneInfo(self.quota_time_zone)
 
     def is_trusted(self, host: str) -> bool:
         """Whether a client at ``host`` may skip authentication (method 0x00)."""

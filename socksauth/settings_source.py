@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from socksauth.config import IPNetwork, ListenAddress, Settings, default_workers, parse_listen
+from socksauth.config import (
+    IPNetwork,
+    ListenAddress,
+    Settings,
+    default_workers,
+    parse_egress_pool,
+    parse_listen,
+)
 from socksauth.errors import ConfigError
 
 ENV_PREFIX = "SOCKSAUTH_"
@@ -364,6 +371,24 @@ OPTIONS: tuple[Option, ...] = (
            metavar="PATH",
            help="Where audit entries wait while the database is unreachable. [default: next "
            "to the SQLite file, else $XDG_STATE_HOME/socksauth/audit-spill-NODE.jsonl]"),
+    Option(name="quota-flush-interval", field="quota_flush_seconds", kind=SECONDS,
+           metavar="SECONDS",
+           help="Seconds between writes of users' traffic and reads of every node's totals for "
+           "quotas; a used-up quota ends tunnels within about twice this."),
+    Option(name="quota-time-zone", field="quota_time_zone", kind=Text(), metavar="ZONE",
+           help="Time zone (IANA name) in which quota days, weeks and months begin. "
+           "[default: UTC]"),
+    Option(name="egress-pool", field="egress_pools", kind=Many(convert=parse_egress_pool),
+           metavar="NAME=ADDR,...",
+           help="A named pool of local addresses for outbound traffic (user set --egress "
+           "pool:NAME); repeatable."),
+    Option(name="egress-session-ttl", field="egress_session_ttl_seconds", kind=SECONDS,
+           metavar="SECONDS",
+           help="A session key in a username (alice-session-abc123) keeps its egress address "
+           "this long after its last use."),
+    Option(name="session-separator", field="session_separator", kind=Text(), metavar="TEXT",
+           help="Separates the account from a session key in a username (alice-session-KEY "
+           "logs in as alice). Empty: no session keys."),
     Option(name="log-level", field="log_level",
            kind=Text(choices=("DEBUG", "INFO", "WARNING", "ERROR")), metavar="LEVEL",
            help="DEBUG, INFO, WARNING or ERROR."),

@@ -111,9 +111,16 @@ async def set_limits(
     max_connections: int | Keep | None = KEEP,
     max_bandwidth_bytes_per_second: int | Keep | None = KEEP,
     expires_at: datetime | Keep | None = KEEP,
+    quota: tuple[int, str] | Keep | None = KEEP,
+    client_networks: Sequence[str] | Keep = KEEP,
+    egress: Sequence[str] | Keep = KEEP,
 ) -> UserRecord:
     """Change some of ``username``'s limits (None: no limit / never expires); the account as
-    now stored. UserError for an unknown user or a limit below 1."""
+    now stored. UserError for an unknown user or a limit below 1.
+
+    ``quota``: (bytes, period) of traffic both ways (server/quota.py); ``client_networks``:
+    CIDRs the user may log in from (empty: anywhere); ``egress``: local addresses or
+    ``pool:NAME`` its outbound traffic leaves from (empty: the system's choice)."""
     user = await store.get_user(username)
     if user is None:
         raise UserError(f"no user named {username!r}")
@@ -133,12 +140,30 @@ async def set_limits(
         else max_bandwidth_bytes_per_second,
         expires_at=user.expires_at if expires_at is KEEP else expires_at,
     )
+    if isinstance(quota, tuple) and quota[0] < 1:
+        raise UserError("the quota must be at least 1 byte (or none)")
+    if not isinstance(quota, Keep):
+        changed = dataclasses.replace(
+            changed,
+            quota_bytes=None if quota is None else quota[0],
+            quota_period=None if quota is None else quota[1],
+        )
+    if not isinstance(client_networks, Keep):
+        changed = dataclasses.replace(changed, client_networks=tuple(client_networks))
+    if not isinstance(egress, Keep):
+        changed = dataclasses.replace(changed, egress=tuple(egress))
     await store.set_limits(
         username,
         max_connections=changed.max_connections,
         max_bandwidth_bytes_per_second=changed.max_bandwidth_bytes_per_second,
         expires_at=changed.expires_at,
     )
+    if not isinstance(quota, Keep):
+        await store.set_quota(username, changed.quota_bytes, changed.quota_period)
+    if not isinstance(client_networks, Keep):
+        await store.set_client_networks(username, changed.client_networks)
+    if not isinstance(egress, Keep):
+        await store.set_egress(username, changed.egress)
     return changed
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import ipaddress
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -110,11 +112,14 @@ class LoginRefusal(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class LoginResult:
-    """A login's user (None: refused), why it was refused, and the delay it waited."""
+    """A login's user (None: refused), why it was refused, and the delay it waited;
+    ``wrong_network``: the password was right but the client is outside the user's client
+    networks (refused as a wrong password all the same)."""
 
     user: UserRecord | None
     refusal: LoginRefusal | None = None
     delay_seconds: float = 0.0
+    wrong_network: bool = False
 
 
 class Authenticator:
@@ -172,7 +177,9 @@ class Authenticator:
     async def login(self, username: str, password: str, client_host: str = "") -> LoginResult:
         """authenticate(), with the reason of a refusal: refused without verifying while the
         (username, ``client_host``) pair is locked out, or when the address already has as
-        many delayed attempts waiting as it may.
+        many delayed attempts waiting as it may. A right password from outside the user's
+        client networks costs what a wrong one costs: the stored hash is verified (never the
+        cache of recent logins, which would answer faster) and the failure is throttled.
 
         Raises:
             StoreUnavailable: the account is not in memory and the store did not answer.
@@ -204,7 +211,10 @@ class Authenticator:
             raise StoreUnavailable(str(error)) from None
         usable = user is not None and user.enabled and not user.expired(self._clock())
         stored_hash = user.password_hash if user is not None and usable else self._dummy_hash
-        if usable and self._cache.contains(username, stored_hash, password):
+        allowed_here = (
+            user is None or not user.client_networks or _from(client_host, user.client_networks)
+        )
+        if usable and allowed_here and self._cache.contains(username, stored_hash, password):
             assert user is not None
             throttle.succeeded(client_host, username)
             self._logins.record(user.username)
@@ -214,16 +224,19 @@ class Authenticator:
             matches = await loop.run_in_executor(
                 self._executor, passwords.verify_password, password, stored_hash
             )
-        if not (matches and usable and user is not None):
+        if not (matches and usable and user is not None and allowed_here):
             if user is None:
                 reason = Failure.UNKNOWN_USER
             elif not usable:
                 reason = Failure.UNUSABLE_ACCOUNT
             else:
+                # A right password from outside the client networks too: counted, delayed
+                # and answered as a wrong one (the audit alone says why).
                 reason = Failure.WRONG_PASSWORD
             throttle.failed(client_host, username, password, reason)
             refusal = LoginRefusal.THROTTLED if delay else LoginRefusal.AUTH_FAILED
-            return LoginResult(None, refusal, delay)
+            wrong_network = matches and usable and not allowed_here
+            return LoginResult(None, refusal, delay, wrong_network=wrong_network)
         throttle.succeeded(client_host, username)
         if passwords.needs_rehash(stored_hash):
             stored_hash = await self._rehash(user, password, loop)
@@ -244,6 +257,32 @@ class Authenticator:
             log.exception("could not store the rehashed password of %r", user.username)
             return user.password_hash
         return new_hash
+
+
+@functools.lru_cache(maxsize=1024)
+def _networks(
+    texts: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A user's client networks, parsed once per distinct list; a CIDR that does not parse
+    (only a hand-edited database has one) matches nothing."""
+    networks = []
+    for text in texts:
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            log.error("client network %r of a user is not a network; ignored", text)
+    return tuple(networks)
+
+
+def _from(client_host: str, texts: tuple[str, ...]) -> bool:
+    """Whether ``client_host`` (the client behind any PROXY header) is in one of ``texts``."""
+    try:
+        address = ipaddress.ip_address(client_host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in _networks(texts))
 
 
 def _could_be_account(username: str) -> bool:

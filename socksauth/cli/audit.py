@@ -13,7 +13,12 @@ from typing import Any
 import click
 
 from socksauth import app
-from socksauth.cli.options import database_url_option, resolve_database_url, run_command
+from socksauth.cli.options import (
+    database_url_option,
+    resolve_database_url,
+    resolve_quota_time_zone,
+    run_command,
+)
 from socksauth.server.client import Outcome
 from socksauth.store.interfaces import (
     INTERRUPTED,
@@ -190,14 +195,25 @@ def stats(
     output_format: str,
     database_url: str | None,
 ) -> None:
-    """Per user: connections, failed logins, bytes each way, tunnel time, last seen."""
+    """Per user: connections, failed logins, bytes each way, tunnel time, last seen; and for
+    users with a quota, its use now (every node's traffic), limit and reset time."""
     url = resolve_database_url(database_url)
 
     async def compute() -> Sequence[UserStats]:
         async with app.open_audit_reader(url) as reader:
             return await reader.user_stats(since, until, protocol)
 
-    rows = [_stats_row(item) for item in run_command(compute())]
+    quotas = run_command(app.quota_report(url, resolve_quota_time_zone()))
+    rows = []
+    for item in run_command(compute()):
+        row = _stats_row(item)
+        quota = quotas.get(item.username) if item.username is not None else None
+        row["quota_used"] = None if quota is None else quota.used
+        row["quota_limit"] = None if quota is None else quota.limit_text
+        row["quota_resets_at"] = (
+            None if quota is None or quota.resets_at is None else _time(quota.resets_at)
+        )
+        rows.append(row)
     _print(rows, _STATS_HEADER, output_format)
 
 
@@ -229,6 +245,9 @@ _STATS_HEADER = (
     "bytes_to_client",
     "tunnel_seconds",
     "last_seen",
+    "quota_used",
+    "quota_limit",
+    "quota_resets_at",
 )
 # Columns the table leaves out to stay readable; json and csv have them all.
 _TABLE_SKIPS = frozenset(

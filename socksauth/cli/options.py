@@ -40,6 +40,15 @@ def resolve_database_url(url: str | None) -> str:
     return configured_url or app.default_database_url()
 
 
+def resolve_quota_time_zone() -> str:
+    """The quota_time_zone `serve` uses (config file, SOCKSAUTH_QUOTA_TIME_ZONE), for showing
+    when quotas reset."""
+    with reported_errors():
+        configured = settings_source(None, {}, app.default_database_url).values()
+    zone: str = configured["quota_time_zone"].value
+    return zone
+
+
 @contextlib.contextmanager
 def reported_errors() -> Iterator[None]:
     """Our errors become one line on stderr and an exit code, never a traceback.

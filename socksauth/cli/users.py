@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -10,9 +11,16 @@ import click
 
 from socksauth import app
 from socksauth.auth import accounts, passwords
-from socksauth.cli.options import database_url_option, resolve_database_url, run_command
+from socksauth.cli.options import (
+    database_url_option,
+    resolve_database_url,
+    resolve_quota_time_zone,
+    run_command,
+)
 from socksauth.errors import ConfigError
+from socksauth.server.egress import parse_entry
 from socksauth.server.limits import format_rate, parse_rate
+from socksauth.server.quota import QuotaStatus, format_usage, parse_quota
 from socksauth.store.interfaces import UserRecord, UserStore
 
 
@@ -91,11 +99,15 @@ def passwd(username: str, password_stdin: bool, generate: bool, database_url: st
 @user.command(name="list")
 @database_url_option
 def list_(database_url: str | None) -> None:
-    """List accounts: name, enabled, created, last login, and their limits ("-": none)."""
+    """List accounts: name, enabled, created, last login, and their limits ("-": none);
+    a quota as used/limit per period (every node's traffic) and when it resets."""
     rows: list[tuple[str, ...]] = []
+    url = resolve_database_url(database_url)
+    quotas = run_command(app.quota_report(url, resolve_quota_time_zone()))
 
     async def action(store: UserStore) -> None:
         for record in await accounts.list_users(store):
+            quota = quotas.get(record.username)
             rows.append(
                 (
                     record.username,
@@ -107,16 +119,33 @@ def list_(database_url: str | None) -> None:
                     if record.max_bandwidth_bytes_per_second is None
                     else format_rate(record.max_bandwidth_bytes_per_second),
                     _when(record.expires_at) if record.expires_at else "-",
+                    _quota(quota),
+                    _resets(quota),
                 )
             )
 
-    run_command(_with_store(database_url, action))
-    header = ("USER", "ENABLED", "CREATED", "LAST LOGIN", "MAX CONN", "MAX BANDWIDTH", "EXPIRES")
+    run_command(_with_store(url, action))
+    header = (
+        "USER", "ENABLED", "CREATED", "LAST LOGIN", "MAX CONN", "MAX BANDWIDTH", "EXPIRES",
+        "QUOTA USED", "RESETS",
+    )  # fmt: skip
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+
+
+def _quota(quota: QuotaStatus | None) -> str:
+    if quota is None:
+        return "-"
+    return f"{format_usage(quota.used)} of {quota.limit_text}"
+
+
+def _resets(quota: QuotaStatus | None) -> str:
+    if quota is None:
+        return "-"
+    return "rolling" if quota.resets_at is None else _when(quota.resets_at)
 
 
 def _when(moment: datetime) -> str:
@@ -215,12 +244,38 @@ def _connections(text: str) -> int:
     help="The account stops working at this date (UTC, 2027-01-31) or ISO date and time; "
     "its open tunnels end within seconds.",
 )
+@click.option(
+    "--quota",
+    metavar="SIZE/PERIOD|none",
+    help="Traffic both ways over all nodes per period: 10GiB/month, 500MB/day, 2GiB/week, or "
+    "50GB/30d (rolling); once used up, requests get reply 0x02 and tunnels end.",
+)
+@click.option(
+    "--client-network",
+    "client_networks",
+    multiple=True,
+    metavar="CIDR|any",
+    help="The user may log in only from this client network (repeatable; behind a load "
+    "balancer, the client the PROXY header names); from elsewhere the login fails as with a "
+    "wrong password. 'any' clears the list.",
+)
+@click.option(
+    "--egress",
+    multiple=True,
+    metavar="ADDRESS|pool:NAME|none",
+    help="A local address (or a pool from serve --egress-pool) the user's outbound "
+    "connections and UDP datagrams leave from; repeatable: round robin, or sticky per "
+    "session key (alice-session-KEY). 'none' clears the list.",
+)
 @database_url_option
 def set_(
     username: str,
     max_connections: str | None,
     max_bandwidth: str | None,
     expires: str | None,
+    quota: str | None,
+    client_networks: tuple[str, ...],
+    egress: tuple[str, ...],
     database_url: str | None,
 ) -> None:
     """Set USERNAME's limits; options left out keep their value."""
@@ -229,7 +284,15 @@ def set_(
         bandwidth = _limit(max_bandwidth, parse_rate)
     except ConfigError as error:
         raise click.BadParameter(str(error), param_hint="--max-bandwidth") from None
+    traffic: tuple[int, str] | accounts.Keep | None = accounts.KEEP
+    try:
+        if quota is not None:
+            traffic = None if quota.lower() in ("none", "unlimited") else parse_quota(quota)
+    except ConfigError as error:
+        raise click.BadParameter(str(error), param_hint="--quota") from None
     expires_at = _expiry(expires)
+    networks = _client_networks(client_networks)
+    egress_entries = _egress(egress)
     changed: list[UserRecord] = []
 
     async def action(store: UserStore) -> None:
@@ -240,6 +303,9 @@ def set_(
                 max_connections=connections,
                 max_bandwidth_bytes_per_second=bandwidth,
                 expires_at=expires_at,
+                quota=traffic,
+                client_networks=networks,
+                egress=egress_entries,
             )
         )
 
@@ -256,4 +322,48 @@ def set_(
         )
         + ", expires "
         + (record.expires_at.strftime("%Y-%m-%d %H:%M:%SZ") if record.expires_at else "never")
+        + ", quota "
+        + (
+            f"{record.quota_bytes} B/{record.quota_period}"
+            if record.quota_bytes is not None
+            else "none"
+        )
+        + ", client networks "
+        + (" ".join(record.client_networks) if record.client_networks else "any")
+        + ", egress "
+        + (" ".join(record.egress) if record.egress else "any")
     )
+
+
+def _egress(texts: tuple[str, ...]) -> list[str] | accounts.Keep:
+    """The egress entries as given (normalised), [] for 'none', KEEP when not given."""
+    if not texts:
+        return accounts.KEEP
+    if [text.lower() for text in texts] in (["none"], ["any"]):
+        return []
+    entries = []
+    for text in texts:
+        try:
+            entries.append(parse_entry(text.strip()))
+        except ValueError:
+            raise click.BadParameter(
+                f"{text!r} is neither an IP address nor pool:NAME", param_hint="--egress"
+            ) from None
+    return entries
+
+
+def _client_networks(texts: tuple[str, ...]) -> list[str] | accounts.Keep:
+    """The networks as given (normalised CIDRs), [] for 'any', KEEP when not given."""
+    if not texts:
+        return accounts.KEEP
+    if [text.lower() for text in texts] in (["any"], ["none"]):
+        return []
+    networks = []
+    for text in texts:
+        try:
+            networks.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            raise click.BadParameter(
+                f"{text!r} is not an IP network (CIDR)", param_hint="--client-network"
+            ) from None
+    return networks

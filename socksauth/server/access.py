@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from socksauth.config import Settings
 from socksauth.health import Health
 from socksauth.logs import get_logger
+from socksauth.server.egress import EgressSelector, check_local
 from socksauth.server.limits import (
     ConnectionCaps,
     ConnectionLimits,
@@ -19,13 +20,16 @@ from socksauth.server.limits import (
     UserConnections,
 )
 from socksauth.server.policy import COMMAND_NAMES, Action, DestinationPolicy, Rule
+from socksauth.server.quota import QuotaTracker
 from socksauth.server.relay import RelayBudget
 from socksauth.store.interfaces import (
     ChangeFeed,
     ConnectionLeases,
+    EgressSource,
     LiveUsers,
     RuleRecord,
     RuleSource,
+    TrafficUsage,
     UserRecord,
 )
 
@@ -91,10 +95,14 @@ class Access:
         changes: ChangeFeed | None = None,
         on_users_changed: Callable[[], None] | None = None,
         leases: ConnectionLeases | None = None,
+        usage: TrafficUsage | None = None,
+        egress_source: EgressSource | None = None,
     ) -> None:
         """``changes``: where news of account and rule changes comes from; on each one the
         rules are re-read and ``on_users_changed`` drops cached accounts. ``leases``: per-user
-        connection counts shared with other nodes (else counted in this process only)."""
+        connection counts shared with other nodes (else counted in this process only).
+        ``usage``: per-user traffic shared with other nodes, for quotas (else this process's).
+        ``egress_source``: the users' egress entries, checked with the pools at start/reload."""
         self.settings = settings
         self.policy = (
             policy
@@ -112,6 +120,15 @@ class Access:
         self.bandwidth = Bandwidth()
         # The relay memory all tunnels of this server share (server/relay.py).
         self.relay_budget = RelayBudget(settings.relay_memory_budget_bytes)
+        self.quotas = QuotaTracker(
+            usage,
+            users,
+            settings.node_name,
+            zone=settings.quota_zone(),
+            flush_seconds=settings.quota_flush_seconds,
+        )
+        self.egress = EgressSelector(settings.egress_pools, settings.egress_session_ttl_seconds)
+        self._egress_source = egress_source
         self._rules = rules
         self._users = users
         self.changes = changes
@@ -131,7 +148,18 @@ class Access:
             max_unauthenticated=settings.max_unauthenticated,
             max_unauthenticated_per_address=settings.max_unauthenticated_per_address,
         )
+        self.quotas.use_settings(settings.quota_zone(), settings.quota_flush_seconds)
+        self.egress.use_settings(settings.egress_pools, settings.egress_session_ttl_seconds)
         self._use_rules(self.policy.rules)
+
+    async def check_egress(self) -> list[str]:
+        """Warn (and return the warnings) for egress addresses of the pools and of any user
+        that are not local, and pools users name that do not exist. A warning, not an
+        error: such requests get reply 0x01, everyone else is served."""
+        entries: set[str] = set()
+        if self._egress_source is not None:
+            entries = await self._egress_source.egress_entries()
+        return check_local(self.settings.egress_pools, entries)
 
     def set_own_endpoints(self, endpoints: Sequence[tuple[str, int]]) -> None:
         """The listen addresses actually bound: targets the proxy must not loop back to."""
@@ -177,6 +205,7 @@ class Access:
             return False
         if self._on_users_changed is not None:
             self._on_users_changed()
+        self.quotas.limits_changed()
         await self.load_rules()
         return True
 

@@ -12,7 +12,7 @@ from typing import Protocol, cast
 from uuid import UUID
 
 from socksauth import protocol
-from socksauth.auth.authenticator import Authenticator, LoginRefusal
+from socksauth.auth.authenticator import Authenticator, LoginRefusal, LoginResult
 from socksauth.config import ListenAddress, Settings
 from socksauth.errors import StoreUnavailable
 from socksauth.logs import get_logger
@@ -49,9 +49,16 @@ from socksauth.protocol.proxy_header import (
 )
 from socksauth.server.access import Access
 from socksauth.server.bind import Binding, expected_peers
+from socksauth.server.egress import Egress, split_session
 from socksauth.server.http import HttpExchange
 from socksauth.server.limits import ClientSlot, Refusal, UserLease
-from socksauth.server.outbound import Dialer, NotAllowed, ResolvedAddress, reply_for_error
+from socksauth.server.outbound import (
+    Dialer,
+    NotAllowed,
+    ResolvedAddress,
+    has_egress_failure,
+    reply_for_error,
+)
 from socksauth.server.policy import Verdict, parse_address
 from socksauth.server.relay import CloseReason, Relay
 from socksauth.server.udp import AssociationEnd, UdpAssociation, normalise_host
@@ -90,6 +97,8 @@ class Outcome(enum.Enum):
     REFUSED = "refused"  # not admitted at accept: a cap, or not an allowed client network
     STORE_UNAVAILABLE = "store_unavailable"  # login not checkable: the store is down (0x01)
     AUTH_REQUIRED = "auth_required"  # HTTP: no credentials, answered 407 (not audited)
+    QUOTA_EXCEEDED = "quota_exceeded"  # traffic quota used up: request refused (0x02) or ended
+    WRONG_NETWORK = "wrong_network"  # right password, client outside the user's networks
     ERROR = "error"
 
 
@@ -357,6 +366,11 @@ class ClientConnection:
         self._lease: UserLease | None = None
         self._transport: asyncio.Transport | None = None
         self._revoked: str | None = None
+        self._quota_exceeded = False
+        # The part of traffic() the quota tracker has counted (server/quota.py).
+        self.quota_counted = 0
+        # The session key from the username (alice-session-KEY), for sticky egress.
+        self._session: str | None = None
         self._denial: Verdict | None = None
         # The load balancer connected on its own (no header, or a LOCAL one): a health check
         # when it leaves without a word, logged at debug instead of once per check.
@@ -463,12 +477,16 @@ class ClientConnection:
                 self._lease.release()
             if self._revoked is not None:
                 record.outcome = Outcome.REVOKED
+            if self._quota_exceeded:
+                record.outcome = Outcome.QUOTA_EXCEEDED
             if self.relay is not None:
                 record.bytes_from_client, record.bytes_to_client = self.relay.bytes_counts()
             elif self._http is not None and self._http.requests:
                 record.requests = self._http.requests
                 record.bytes_from_client = self._http.bytes_from_client
                 record.bytes_to_client = self._http.bytes_to_client
+            if self._access is not None:
+                self._access.quotas.finished(self)
             record.duration_seconds = time.monotonic() - record.started
             record.ended_at = record.started_at + timedelta(seconds=record.duration_seconds)
             if self._load_balancer_check and record.outcome is Outcome.CLIENT_GONE:
@@ -517,6 +535,23 @@ class ClientConnection:
                 self._http.close()  # a forwarded response may be streaming from the origin
             # The association and the binding end when their control connection does.
             self._transport.abort()
+
+    def end_for_quota(self) -> None:
+        """End this client's tunnel, association or binding now: its quota is used up."""
+        self._quota_exceeded = True
+        self.end("quota exceeded")
+
+    def traffic(self) -> int:
+        """Bytes moved both ways so far, from the counters the relay keeps anyway."""
+        if self.relay is not None:
+            from_client, to_client = self.relay.bytes_counts()
+            return from_client + to_client
+        if self.association is not None:
+            counters = self.association.counters
+            return counters.bytes_from_client + counters.bytes_to_client
+        if self._http is not None:  # forwarded plain-HTTP requests
+            return self._http.bytes_from_client + self._http.bytes_to_client
+        return 0
 
     async def _next_event(self) -> ClientEvent:
         while True:
@@ -597,10 +632,13 @@ class ClientConnection:
                     record.outcome = Outcome.CLIENT_GONE
                     return None
                 assert isinstance(credentials, Credentials)
-                record.username = credentials.username
+                account, self._session = split_session(
+                    credentials.username, self._settings.session_separator
+                )
+                record.username = account
                 try:
                     result = await self._authenticator.login(
-                        credentials.username, credentials.password, client_host
+                        account, credentials.password, client_host
                     )
                 except StoreUnavailable:
                     # The account could not be looked up: the same answer as a wrong
@@ -611,19 +649,13 @@ class ClientConnection:
                     return None
                 user = self.user = result.user
                 # The same RFC 1929 failure whether the password was wrong, the attempt
-                # delayed or the pair locked out: no oracle for a guesser.
+                # delayed, the pair locked out or the client outside the user's networks:
+                # no oracle for a guesser.
                 status = AuthStatus.SUCCESS if user is not None else AuthStatus.FAILURE
                 transport.write(self._conn.send(AuthReply(status)))
                 if user is None:
                     # RFC 1929 §2: on failure "the server MUST close the connection".
-                    refusal = result.refusal or LoginRefusal.AUTH_FAILED
-                    record.outcome = _OUTCOME_BY_REFUSAL[refusal]
-                    log.info(
-                        "%s: login failed for user %r (%s)",
-                        record.client,
-                        credentials.username,
-                        refusal.value,
-                    )
+                    self._login_refused(record, account, result)
                     return None
             request = await self._next_event()
             if isinstance(request, ConnectionClosed):
@@ -633,6 +665,20 @@ class ClientConnection:
             record.command = request.command
             record.target = request.address
             return request
+
+    def _login_refused(self, record: ConnectionRecord, account: str, result: LoginResult) -> None:
+        """Audit and log a refused login by its reason (the client was told the same)."""
+        if result.wrong_network:
+            record.outcome = Outcome.WRONG_NETWORK
+            log.info(
+                "%s: login refused for user %r: not from its client networks",
+                record.client,
+                account,
+            )
+            return
+        refusal = result.refusal or LoginRefusal.AUTH_FAILED
+        record.outcome = _OUTCOME_BY_REFUSAL[refusal]
+        log.info("%s: login failed for user %r (%s)", record.client, account, refusal.value)
 
     async def _serve_http(
         self, transport: asyncio.Transport, record: ConnectionRecord, deadline: float
@@ -655,11 +701,14 @@ class ClientConnection:
             record.outcome = Outcome.AUTH_REQUIRED
             return
         if credentials is not None:
-            record.username = credentials.username
+            account, self._session = split_session(
+                credentials.username, self._settings.session_separator
+            )
+            record.username = account
             try:
                 async with asyncio.timeout_at(deadline):
                     result = await self._authenticator.login(
-                        credentials.username, credentials.password, record.client_host
+                        account, credentials.password, record.client_host
                     )
             except StoreUnavailable:
                 # Not the password's fault: 503, not a 407 that would ask for another one.
@@ -669,10 +718,9 @@ class ClientConnection:
             user = self.user = result.user
             if user is None:
                 # As a wrong RFC 1929 password: same throttle, same cost, the same answer
-                # whether wrong, delayed or locked out, then a close.
+                # whether wrong, delayed, locked out or from elsewhere, then a close.
                 exchange.challenge()
-                record.outcome = _OUTCOME_BY_REFUSAL[result.refusal or LoginRefusal.AUTH_FAILED]
-                log.info("%s: login failed for user %r", record.client, credentials.username)
+                self._login_refused(record, account, result)
                 return
         if self._slot is not None:
             self._slot.authenticated()
@@ -775,6 +823,15 @@ class ClientConnection:
         if access is None:
             return True
         user = self.user
+        if (
+            user is not None
+            and user.quota_bytes is not None
+            and not await access.quotas.admit(user)
+        ):
+            log.info("%s: %r has used up its traffic quota", record.client, user.username)
+            self._reply(transport, Reply.CONNECTION_NOT_ALLOWED, record)
+            record.outcome = Outcome.QUOTA_EXCEEDED
+            return False
         if user is not None:
             self._lease = await access.user_connections.acquire(user.username, user.max_connections)
             if self._lease is None:
@@ -851,18 +908,29 @@ class ClientConnection:
                 Command.CONNECT, name, str(resolved.sockaddr[0]), resolved.sockaddr[1]
             )
 
+        egress = self._egress()
         try:
-            sock = await self._dialer.connect(target, allow)
+            sock = await self._dialer.connect(
+                target, allow, None if egress is None else egress.source_for
+            )
         except NotAllowed:
             self._deny(transport, record, self._denial)
             return
         except OSError as error:  # TimeoutError and socket.gaierror are OSErrors too
             reply = reply_for_error(error)
+            if has_egress_failure(error):
+                log.warning("%s: CONNECT %s: %s", record.client, target, error)
             log.info("%s: CONNECT %s failed: %s (%s)", record.client, target, reply.name, error)
             self._reply(transport, reply, record)
             record.outcome = Outcome.CONNECT_FAILED
             return
         await self._tunnel(transport, sock, record, reply_with_peer=False)
+
+    def _egress(self) -> Egress | None:
+        """Where this request's outbound traffic leaves from (None: the system chooses)."""
+        if self._access is None:
+            return None
+        return self._access.egress.choose(self.user, self._session)
 
     async def _tunnel(
         self,
@@ -963,6 +1031,7 @@ class ClientConnection:
     ) -> None:
         """RFC 1928 §7 UDP ASSOCIATE: open the relay, reply with its address, relay until the
         control connection closes or the association is idle too long."""
+        egress = self._egress()
         association = UdpAssociation(
             client_host=record.client_host,
             # DST.ADDR/DST.PORT: where the client will send from, zeros if it does not know.
@@ -971,11 +1040,14 @@ class ClientConnection:
             idle_timeout_seconds=self._settings.udp_idle_timeout_seconds,
             allow=None if self._access is None else self._datagram_allowed,
             allow_resolved=None if self._access is None else self._resolved_datagram_allowed,
+            source=None if egress is None else egress.source_for,
         )
         try:
             bound = await association.open(transport.get_extra_info("sockname")[0])
         except OSError as error:
             reply = reply_for_error(error)
+            if has_egress_failure(error):
+                log.warning("%s: UDP ASSOCIATE: %s", record.client, error)
             log.info("%s: UDP ASSOCIATE failed: %s (%s)", record.client, reply.name, error)
             self._reply(transport, reply, record)
             record.outcome = Outcome.ERROR

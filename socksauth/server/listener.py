@@ -151,6 +151,7 @@ class ProxyServer:
         policy and limits; None applies neither (tests of the handshake alone)."""
         self._access = access
         self._watch: asyncio.Task[None] | None = None
+        self._quotas: asyncio.Task[None] | None = None
         self._settings = settings
         self._listen_sockets = tuple(listen_sockets)
         self._authenticator = authenticator
@@ -190,6 +191,9 @@ class ProxyServer:
         self._update_bound(logging.DEBUG if self._listen_sockets else logging.INFO)
         if self._access is not None:
             self._start_watch()
+            self._quotas = asyncio.get_running_loop().create_task(
+                self._access.quotas.run(self._clients.values), name="quotas"
+            )
 
     async def _open(self, address: ListenAddress, settings: Settings) -> _Listener:
         """Listen on ``address``: a worker binds it with SO_REUSEPORT, as its siblings do."""
@@ -253,6 +257,20 @@ class ProxyServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
             self._watch = None
+
+    async def _stop_quotas(self) -> None:
+        """After the last client: stop the quota rounds and write the last bytes counted
+        (they count on after a restart)."""
+        if self._quotas is None or self._access is None:
+            return
+        self._quotas.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._quotas
+        self._quotas = None
+        try:
+            await self._access.quotas.flush()
+        except Exception:
+            log.exception("could not write the last traffic counts for quotas")
 
     async def reload(self, settings: Settings) -> None:
         """Serve with ``settings`` from now on; established clients keep theirs.
@@ -396,6 +414,7 @@ class ProxyServer:
         # Only now: since Python 3.12 wait_closed() also waits for every accepted connection.
         for server in [*servers, *self._retired]:
             await server.wait_closed()
+        await self._stop_quotas()
         if finish_handshakes:
             log.info(
                 "stopped in %.2f s; %d connection(s) closed by the shutdown",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from socksauth.protocol import Address, AddressType, Reply
@@ -47,6 +48,9 @@ def reply_for_error(error: BaseException) -> Reply:
             key=_REPLY_PRIORITY.index,
             default=Reply.GENERAL_FAILURE,
         )
+    if isinstance(error, EgressUnavailable):
+        # Our fault, not the target's: RFC 1928's "general SOCKS server failure".
+        return Reply.GENERAL_FAILURE
     if isinstance(error, socket.gaierror):
         # Every resolver failure (EAI_NONAME, EAI_AGAIN, EAI_FAIL, …) means the name gave us
         # no host to reach: RFC 1928's "Host unreachable".
@@ -64,6 +68,18 @@ class ConnectFailed(OSError):
     def __init__(self, target: str, errors: Sequence[BaseException]) -> None:
         super().__init__(f"could not connect to {target}: " + "; ".join(map(str, errors)))
         self.errors = tuple(errors)
+
+
+class EgressUnavailable(OSError):
+    """The egress address chosen for a request cannot be bound (it vanished from this host,
+    or the user's pools are unknown): reply 0x01 and a warning."""
+
+
+def has_egress_failure(error: BaseException) -> bool:
+    """Whether ``error`` (or one of a ConnectFailed's attempts) is an EgressUnavailable."""
+    if isinstance(error, ConnectFailed):
+        return any(isinstance(attempt, EgressUnavailable) for attempt in error.errors)
+    return isinstance(error, EgressUnavailable)
 
 
 class NotAllowed(PermissionError):
@@ -97,14 +113,25 @@ class Dialer:
         )
 
     async def connect(
-        self, target: Address, allow: Callable[[ResolvedAddress], bool] | None = None
+        self,
+        target: Address,
+        allow: Callable[[ResolvedAddress], bool] | None = None,
+        source: Callable[[int], str | None] | None = None,
     ) -> socket.socket:
         """A connected non-blocking socket to ``target``; raises for reply_for_error.
 
         ``allow`` is asked about every resolved address; only those it allows are tried, so
         the address connected to is the address checked (a second lookup could answer
-        differently). NotAllowed when it allows none.
+        differently). NotAllowed when it allows none. ``source`` gives the local address to
+        bind for an address family (the user's egress); families it has none for are not
+        tried.
         """
+        if (
+            source is not None
+            and source(socket.AF_INET) is None
+            and source(socket.AF_INET6) is None
+        ):
+            raise EgressUnavailable(errno.EADDRNOTAVAIL, "no egress address (unknown pool?)")
         async with asyncio.timeout(self._timeout):
             addresses = await self.resolve(target)
             if allow is not None:
@@ -112,7 +139,18 @@ class Dialer:
                 if addresses and not permitted:
                     raise NotAllowed(errno.EACCES, f"no allowed address for {target}")
                 addresses = permitted
-            return await happy_eyeballs(addresses, str(target))
+            if source is None:
+                return await happy_eyeballs(addresses, str(target))
+            sources: dict[int, str | None] = {
+                family: source(family) for family in (socket.AF_INET, socket.AF_INET6)
+            }
+            reachable = [address for address in addresses if sources[address.family] is not None]
+            if addresses and not reachable:
+                raise ConnectFailed(
+                    str(target),
+                    [OSError(errno.EAFNOSUPPORT, "no egress address of the target's family")],
+                )
+            return await happy_eyeballs(reachable, str(target), sources)
 
 
 def _interleave(addresses: list[ResolvedAddress]) -> list[ResolvedAddress]:
@@ -134,11 +172,36 @@ def _interleave(addresses: list[ResolvedAddress]) -> list[ResolvedAddress]:
     return ordered
 
 
-async def _connect_one(address: ResolvedAddress) -> socket.socket:
+# Linux: bind() picks no port, connect() does, per destination: many tunnels from one egress
+# address do not run out of ports the way a port chosen at bind time would.
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+def bind_source(sock: socket.socket, source: str, *, defer_port: bool = True) -> None:
+    """Bind ``sock`` to the egress address ``source``; with ``defer_port`` (TCP) the port is
+    chosen at connect.
+
+    Raises:
+        EgressUnavailable: the address is not (or no longer) on this host.
+    """
+    if defer_port:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+    try:
+        sock.bind((source, 0))
+    except OSError as error:
+        raise EgressUnavailable(
+            error.errno, f"egress address {source}: {error.strerror or error}"
+        ) from None
+
+
+async def _connect_one(address: ResolvedAddress, source: str | None = None) -> socket.socket:
     sock = socket.socket(address.family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if source is not None:
+            bind_source(sock, source)
         await asyncio.get_running_loop().sock_connect(sock, address.sockaddr)
     except BaseException:
         sock.close()
@@ -146,14 +209,20 @@ async def _connect_one(address: ResolvedAddress) -> socket.socket:
     return sock
 
 
-async def happy_eyeballs(addresses: Sequence[ResolvedAddress], target: str) -> socket.socket:
-    """Start an attempt, and another each time one fails or the delay passes; first one wins."""
+async def happy_eyeballs(
+    addresses: Sequence[ResolvedAddress],
+    target: str,
+    sources: Mapping[int, str | None] | None = None,
+) -> socket.socket:
+    """Start an attempt, and another each time one fails or the delay passes; first one wins.
+    ``sources``: the local address to bind per address family (egress)."""
+    sources = sources or {}
     if not addresses:
         raise ConnectFailed(target, [OSError(errno.EHOSTUNREACH, "no address to connect to")])
     if len(addresses) == 1:
         # An IP literal, or a name with one address: nothing to race, so no task and no wait.
         try:
-            return await _connect_one(addresses[0])
+            return await _connect_one(addresses[0], sources.get(addresses[0].family))
         except OSError as failure:
             raise ConnectFailed(target, [failure]) from None
     pending: set[asyncio.Task[socket.socket]] = set()
@@ -162,7 +231,8 @@ async def happy_eyeballs(addresses: Sequence[ResolvedAddress], target: str) -> s
     try:
         while remaining or pending:
             if remaining:
-                pending.add(asyncio.create_task(_connect_one(remaining.pop(0))))
+                attempt = remaining.pop(0)
+                pending.add(asyncio.create_task(_connect_one(attempt, sources.get(attempt.family))))
             done, _ = await asyncio.wait(
                 pending,
                 timeout=HAPPY_EYEBALLS_DELAY_SECONDS if remaining else None,

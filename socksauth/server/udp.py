@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import functools
 import ipaddress
 import socket
@@ -28,6 +29,7 @@ from socksauth.protocol import (
     UdpHeader,
     parse_datagram,
 )
+from socksauth.server.outbound import EgressUnavailable, bind_source
 
 log = get_logger("udp")
 
@@ -207,8 +209,11 @@ class UdpAssociation:
         allow: Callable[[Address], bool] | None = None,
         names: NameCache | None = None,
         allow_resolved: Callable[[str, str, int], bool] | None = None,
+        source: Callable[[int], str | None] | None = None,
     ) -> None:
         self._allow_resolved = allow_resolved
+        # The user's egress: the local address to send from per family (None: any).
+        self._source = source
         self._client_host = normalise_host(client_host)
         self._client_port = client_port
         self._idle_timeout = idle_timeout_seconds
@@ -239,6 +244,12 @@ class UdpAssociation:
             )
             self._client = transport, side
             for family in (socket.AF_INET, socket.AF_INET6):
+                if self._source is not None:
+                    source = self._source(family)
+                    if source is not None:
+                        self._outbound[family] = await self._bound_outbound(family, source)
+                    # No egress address of this family: its targets drop (NO_ROUTE).
+                    continue
                 try:
                     outbound = await loop.create_datagram_endpoint(
                         lambda: _TargetSide(self), family=family
@@ -247,12 +258,33 @@ class UdpAssociation:
                     log.debug("no outbound UDP socket for %s: %s", family.name, error)
                     continue
                 self._outbound[family] = outbound
+            if self._source is not None and not self._outbound:
+                raise EgressUnavailable(errno.EADDRNOTAVAIL, "no egress address (unknown pool?)")
         except BaseException:
             await self.aclose()
             raise
         bound = transport.get_extra_info("sockname")
         self.address = Address.from_host(normalise_host(bound[0]), bound[1])
         return self.address
+
+    async def _bound_outbound(
+        self, family: socket.AddressFamily, source: str
+    ) -> tuple[asyncio.DatagramTransport, _TargetSide]:
+        """An outbound socket sending from the egress address ``source``.
+
+        Raises:
+            EgressUnavailable: the address is not (or no longer) on this host.
+        """
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            bind_source(sock, source, defer_port=False)
+            return await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: _TargetSide(self), sock=sock
+            )
+        except BaseException:
+            sock.close()
+            raise
 
     async def run(self, control: asyncio.Transport, control_closed: bool) -> AssociationEnd:
         """Relay until the control connection closes or nothing moved for the idle timeout."""

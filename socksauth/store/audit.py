@@ -121,9 +121,9 @@ class SqlAuditStore:
             select(
                 AuditRow.username,
                 func.sum(case((AuditRow.command.is_not(None), 1), else_=0)).label("connections"),
-                func.sum(case((AuditRow.outcome.in_(FAILED_LOGIN_OUTCOMES), 1), else_=0)).label(
-                    "failed"
-                ),
+                func.sum(
+                    case((AuditRow.outcome.in_(FAILED_LOGIN_OUTCOMES), 1), else_=0)
+                ).label("failed"),
                 func.coalesce(func.sum(AuditRow.bytes_from_client), 0).label("from_client"),
                 func.coalesce(func.sum(AuditRow.bytes_to_client), 0).label("to_client"),
                 # Tunnel time: a refused handshake's duration is not time spent tunnelling.

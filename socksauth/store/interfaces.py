@@ -27,6 +27,13 @@ class UserRecord:
     max_connections: int | None = None
     max_bandwidth_bytes_per_second: int | None = None
     expires_at: datetime | None = None
+    # Bytes both ways per quota_period ("day", "week", "month" or "Nd" rolling); None: none.
+    quota_bytes: int | None = None
+    quota_period: str | None = None
+    # Networks (CIDR text) the user may log in from; empty: anywhere.
+    client_networks: tuple[str, ...] = ()
+    # Local addresses (or "pool:NAME") the user's outbound traffic leaves from; empty: any.
+    egress: tuple[str, ...] = ()
 
     def expired(self, now: datetime) -> bool:
         """Whether the account's expiry has passed at ``now`` (aware, UTC)."""
@@ -87,6 +94,20 @@ class UserStore(UserLookup, Protocol):
         expires_at: datetime | None,
     ) -> None:
         """Replace the three limits (None: none); UserError if there is no such user."""
+        ...
+
+    async def set_quota(
+        self, username: str, quota_bytes: int | None, quota_period: str | None
+    ) -> None:
+        """Replace the traffic quota (None: none); UserError if there is no such user."""
+        ...
+
+    async def set_client_networks(self, username: str, networks: Sequence[str]) -> None:
+        """Replace the networks the user may log in from (empty: anywhere)."""
+        ...
+
+    async def set_egress(self, username: str, egress: Sequence[str]) -> None:
+        """Replace the user's egress addresses and pools (empty: the system's choice)."""
         ...
 
 
@@ -187,13 +208,19 @@ STORE_UNAVAILABLE = "store_unavailable"
 # refused unverified while its (username, address) pair is locked out: failed logins too.
 THROTTLED = "throttled"
 LOCKED_OUT = "locked_out"
-FAILED_LOGIN_OUTCOMES = (AUTH_FAILED, THROTTLED, LOCKED_OUT)
 # An HTTP client that sent no credentials and got 407 (never written: not audited).
 AUTH_REQUIRED = "auth_required"
 # An entry's ``protocol``: what the client spoke on the shared port.
 SOCKS5 = "socks5"
 HTTP = "http"
 PROTOCOLS = (SOCKS5, HTTP)
+# A login from outside the user's client networks: answered as a wrong password, counted as a
+# failed login, audited under its own name so an administrator sees why.
+WRONG_NETWORK = "wrong_network"
+# The outcomes counted as failed logins in the stats.
+FAILED_LOGIN_OUTCOMES = (AUTH_FAILED, THROTTLED, LOCKED_OUT, WRONG_NETWORK)
+# A request refused, or a tunnel ended, because the user's traffic quota is used up.
+QUOTA_EXCEEDED = "quota_exceeded"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -377,4 +404,27 @@ class ThrottleStore(Protocol):
     ) -> int:
         """Delete pairs quiet for the window, not locked and not familiar, then the oldest
         beyond ``max_rows``, and events older than an hour; how many pairs went."""
+class TrafficUsage(Protocol):
+    """Bytes relayed per user, counted by every node into the database (store/usage.py)."""
+
+    async def add(self, node: str, bucket_start: datetime, usage: Mapping[str, int]) -> None:
+        """Add ``usage`` (bytes by username) to ``node``'s counts for the hour at
+        ``bucket_start``, in one transaction."""
+        ...
+
+    async def totals(self, since: Mapping[str, datetime]) -> Mapping[str, int]:
+        """For each username, the bytes of every node in the hours from ``since[username]``
+        on (users without any: absent), in one query."""
+        ...
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the hours before ``before``; how many rows."""
+        ...
+
+
+class EgressSource(Protocol):
+    """Where the server finds the egress addresses users were given (checked at start)."""
+
+    async def egress_entries(self) -> set[str]:
+        """Every distinct egress entry of any user."""
         ...

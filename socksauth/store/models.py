@@ -58,6 +58,12 @@ class UserRow(Base):
     max_connections: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_bandwidth_bytes_per_second: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Migration 0008. Quota: bytes both ways per period ("day", "week", "month", "Nd");
+    # client_networks and egress: space-separated lists; NULL: none.
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    quota_period: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    client_networks: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    egress: Mapped[str | None] = mapped_column(String(2000), nullable=True)
 
 
 class RuleRow(Base):
@@ -203,3 +209,16 @@ class LoginThrottleKeyRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     secret: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class TrafficUsageRow(Base):
+    """Bytes (both ways) ``node`` relayed for ``username`` in the hour from ``bucket_start``:
+    a quota sums every node's hours of its period (store/usage.py, migration 0008)."""
+
+    __tablename__ = "traffic_usage"
+    __table_args__ = (Index("ix_traffic_usage_bucket_start", "bucket_start"),)
+
+    username: Mapped[str] = mapped_column(String(255), primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    node: Mapped[str] = mapped_column(String(255), primary_key=True)
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)

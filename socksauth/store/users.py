@@ -30,6 +30,10 @@ _COLUMNS = (
     UserRow.max_connections,
     UserRow.max_bandwidth_bytes_per_second,
     UserRow.expires_at,
+    UserRow.quota_bytes,
+    UserRow.quota_period,
+    UserRow.client_networks,
+    UserRow.egress,
 )
 
 
@@ -159,6 +163,30 @@ class SqlUserStore:
             expires_at=None if expires_at is None else to_utc(expires_at),
         )
 
+    async def set_quota(
+        self, username: str, quota_bytes: int | None, quota_period: str | None
+    ) -> None:
+        """Replace the traffic quota (None: none); UserError if there is no such user."""
+        await self._update_one(
+            username,
+            quota_bytes=quota_bytes,
+            quota_period=None if quota_bytes is None else quota_period,
+        )
+
+    async def set_client_networks(self, username: str, networks: Sequence[str]) -> None:
+        """Replace the networks the user may log in from (empty: anywhere)."""
+        await self._update_one(username, client_networks=_joined(networks))
+
+    async def set_egress(self, username: str, egress: Sequence[str]) -> None:
+        """Replace the user's egress addresses and pools (empty: the system's choice)."""
+        await self._update_one(username, egress=_joined(egress))
+
+    async def egress_entries(self) -> set[str]:
+        """Every distinct egress entry of any user."""
+        async with self._engine.connect() as conn:
+            result = await conn.execute(select(UserRow.egress).where(UserRow.egress.is_not(None)))
+            return {entry for (text,) in result for entry in _split(text)}
+
     async def get_users(self, usernames: Collection[str]) -> Mapping[str, UserRecord]:
         """The accounts among ``usernames`` that exist, by name, in one query."""
         if not usernames:
@@ -194,6 +222,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _joined(items: Sequence[str]) -> str | None:
+    return " ".join(items) if items else None
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(text.split()) if text else ()
+
+
 def _record(row: Any) -> UserRecord:
     return UserRecord(
         username=row.username,
@@ -205,4 +241,8 @@ def _record(row: Any) -> UserRecord:
         max_connections=row.max_connections,
         max_bandwidth_bytes_per_second=row.max_bandwidth_bytes_per_second,
         expires_at=None if row.expires_at is None else from_db(row.expires_at),
+        quota_bytes=row.quota_bytes,
+        quota_period=row.quota_period,
+        client_networks=_split(row.client_networks),
+        egress=_split(row.egress),
     )

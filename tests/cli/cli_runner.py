@@ -17,10 +17,10 @@ SOCKSAUTH = shutil.which("socksauth", path=str(Path(sys.executable).parent)) or 
 SUBPROCESS_SECONDS = 30.0
 
 
-async def cli(*args: str, input: str | None = None) -> Result:
+async def cli(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
     """``socksauth ARGS`` in-process. In a thread: the command runs an event loop of its own,
     and the test's loop may be serving a proxy meanwhile."""
-    runner = CliRunner(env={"SOCKSAUTH_DATABASE_URL": None})
+    runner = CliRunner(env={"SOCKSAUTH_DATABASE_URL": None, **(env or {})})
     return await asyncio.to_thread(runner.invoke, main, list(args), input=input)
 
 

@@ -95,6 +95,9 @@ async def test_stats_per_user(audited: str) -> None:
         "bytes_to_client": 120,
         "tunnel_seconds": 11.0,
         "last_seen": by_user["alice"]["last_seen"],
+        "quota_used": None,
+        "quota_limit": None,
+        "quota_resets_at": None,
     }
     assert by_user["bob"]["connections"] == 1 and by_user["bob"]["failed_logins"] == 0
     assert by_user["mallory"]["connections"] == 0 and by_user["mallory"]["failed_logins"] == 2

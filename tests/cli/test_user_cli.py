@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from cli_runner import cli, one_error_line
@@ -21,6 +23,8 @@ from e2e import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from socksauth.auth import passwords
+from socksauth.server.quota import hour_start, resets_at
+from socksauth.store.usage import SqlTrafficUsage
 from socksauth.store.users import SqlUserStore
 
 CAROL = "carol"
@@ -136,13 +140,14 @@ async def test_user_list_shows_columns_and_never_before_a_login(
     assert result.exit_code == 0, result.output
     rows = table(result.stdout)
     assert rows[0] == [
-        "USER", "ENABLED", "CREATED", "LAST LOGIN", "MAX CONN", "MAX BANDWIDTH", "EXPIRES"
+        "USER", "ENABLED", "CREATED", "LAST LOGIN", "MAX CONN", "MAX BANDWIDTH", "EXPIRES",
+        "QUOTA USED", "RESETS",
     ]  # fmt: skip
     assert [row[0] for row in rows[1:]] == [ALICE, BOB]
     for row in rows[1:]:
         assert row[1] == "yes"
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", row[2]), row
-        assert row[3:] == ["never", "-", "-", "-"]
+        assert row[3:] == ["never", "-", "-", "-", "-", "-"]
 
 
 async def test_user_list_shows_the_limits_set_with_user_set(
@@ -155,8 +160,47 @@ async def test_user_list_shows_the_limits_set_with_user_set(
     assert result.exit_code == 0, result.output
     rows = {row[0]: row for row in table((await cli("user", "list", "--database-url",
                                                     database_url)).stdout)}  # fmt: skip
-    assert rows[ALICE][4:] == ["5", "10MiB/s", "2027-01-31 00:00:00Z"]
-    assert rows[BOB][4:] == ["-", "-", "-"]
+    assert rows[ALICE][4:] == ["5", "10MiB/s", "2027-01-31 00:00:00Z", "-", "-"]
+    assert rows[BOB][4:] == ["-", "-", "-", "-", "-"]
+
+
+async def test_user_set_quota_is_shown_with_every_nodes_use_by_list_and_stats(
+    database_url: str, user_store: SqlUserStore, engine: AsyncEngine
+) -> None:
+    result = await cli("user", "set", ALICE, "--quota", "10GiB/month", "--database-url",
+                       database_url)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"quota {10 * 1024**3} B/month" in result.stdout
+    assert (await cli("user", "set", BOB, "--quota", "1GB/30d", "--database-url",
+                      database_url)).exit_code == 0  # fmt: skip
+    now = datetime.now(UTC)
+    usage = SqlTrafficUsage(engine)
+    await usage.add("node-a", hour_start(now), {ALICE: 1024**3})
+    await usage.add("node-b", hour_start(now), {ALICE: 1024**3 // 2})
+    rows = {row[0]: row for row in table((await cli("user", "list", "--database-url",
+                                                    database_url)).stdout)}  # fmt: skip
+    assert rows[ALICE][7] == "1.50GiB of 10GiB/month"
+    month = resets_at("month", now)
+    assert month is not None and rows[ALICE][8] == month.strftime("%Y-%m-%d %H:%M:%SZ")
+    assert rows[BOB][7:] == ["0B of 1GB/30d", "rolling"]
+    # A quota time zone from the environment moves the reset.
+    zoned = await cli("user", "list", "--database-url", database_url,
+                      env={"SOCKSAUTH_QUOTA_TIME_ZONE": "Pacific/Auckland"})  # fmt: skip
+    month_there = resets_at("month", now, ZoneInfo("Pacific/Auckland"))
+    assert month_there is not None
+    assert month_there.strftime("%Y-%m-%d %H:%M:%SZ") in zoned.stdout
+    cleared = await cli("user", "set", BOB, "--quota", "none", "--database-url", database_url)
+    assert cleared.exit_code == 0 and "quota none" in cleared.stdout
+
+
+@pytest.mark.parametrize("quota", ["10GiB", "10GiB/year", "lots/day"])
+async def test_user_set_with_a_malformed_quota_exits_2_naming_the_option(
+    database_url: str, user_store: SqlUserStore, quota: str
+) -> None:
+    result = await cli("user", "set", ALICE, "--quota", quota, "--database-url", database_url)
+    assert result.exit_code == 2
+    # click's usage error: the usage line, then one "Error:" line naming the option.
+    assert result.output.strip().splitlines()[-1].startswith("Error: Invalid value for --quota")
 
 
 async def test_user_list_shows_the_last_login_after_a_proxied_login(
@@ -265,3 +309,41 @@ async def test_user_commands_refuse_an_unmigrated_database(
     result = await cli("user", "list", "--database-url", database_url)
     assert result.exit_code == 1
     assert "socksauth db upgrade" in one_error_line(result.stderr)
+
+
+async def test_user_set_client_networks_are_stored_normalised_and_cleared_with_any(
+    database_url: str, user_store: SqlUserStore
+) -> None:
+    result = await cli("user", "set", ALICE, "--client-network", "10.1.2.3/16", "--client-network",
+                       "2001:db8::/32", "--database-url", database_url)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "client networks 10.1.0.0/16 2001:db8::/32" in result.stdout
+    alice = await user_store.get_user(ALICE)
+    assert alice is not None and alice.client_networks == ("10.1.0.0/16", "2001:db8::/32")
+    bad = await cli("user", "set", ALICE, "--client-network", "10.1.0.0/33",
+                    "--database-url", database_url)  # fmt: skip
+    assert bad.exit_code == 2
+    assert bad.output.strip().splitlines()[-1].startswith(
+        "Error: Invalid value for --client-network"
+    )
+    cleared = await cli("user", "set", ALICE, "--client-network", "any", "--database-url",
+                        database_url)  # fmt: skip
+    assert cleared.exit_code == 0 and "client networks any" in cleared.stdout
+    alice = await user_store.get_user(ALICE)
+    assert alice is not None and alice.client_networks == ()
+
+
+async def test_user_set_egress_takes_addresses_and_pools_and_none_clears(
+    database_url: str, user_store: SqlUserStore
+) -> None:
+    result = await cli("user", "set", ALICE, "--egress", "127.0.0.2", "--egress", "pool:crawl",
+                       "--database-url", database_url)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "egress 127.0.0.2 pool:crawl" in result.stdout
+    alice = await user_store.get_user(ALICE)
+    assert alice is not None and alice.egress == ("127.0.0.2", "pool:crawl")
+    bad = await cli("user", "set", ALICE, "--egress", "eth0", "--database-url", database_url)
+    assert bad.exit_code == 2
+    assert bad.output.strip().splitlines()[-1].startswith("Error: Invalid value for --egress")
+    cleared = await cli("user", "set", ALICE, "--egress", "none", "--database-url", database_url)
+    assert cleared.exit_code == 0 and "egress any" in cleared.stdout
