@@ -47,9 +47,11 @@ from socksauth.store.database import (
     parse_url,
     redact_url,
 )
-from socksauth.store.interfaces import AuditReader, RuleStore, UserStore
+from socksauth.store.interfaces import AuditReader, RuleStore, SessionReader, UserStore
 from socksauth.store.leases import SqlConnectionLeases
+from socksauth.store.nodes import SqlNodeHeartbeat
 from socksauth.store.rules import SqlRuleStore
+from socksauth.store.sessions import SqlSessionStore
 from socksauth.store.users import SqlUserStore
 
 log = get_logger("app")
@@ -79,6 +81,15 @@ async def open_audit_reader(database_url: str) -> AsyncIterator[AuditReader]:
     async with connected(database_url) as engine:
         await migrate.ensure_current(engine)
         yield SqlAuditStore(engine)
+
+
+@contextlib.asynccontextmanager
+async def open_session_reader(database_url: str) -> AsyncIterator[SessionReader]:
+    """Live sessions and nodes of every node on the database, for `socksauth sessions`,
+    `socksauth top` and kicks."""
+    async with connected(database_url) as engine:
+        await migrate.ensure_current(engine)
+        yield SqlSessionStore(engine)
 
 
 async def upgrade_database(database_url: str) -> str:
@@ -142,7 +153,12 @@ async def running_server(
                 or default_audit_spill_path(settings.database_url, settings.node_name),
             )
         )
-        observer: ConnectionObserver = AuditObserver(audit_log, settings.node_name)
+        audit_observer = AuditObserver(audit_log, settings.node_name)
+        if settings.audit_interim_seconds is not None:
+            await _enter_task(
+                stack, audit_observer.run_interim(settings.audit_interim_seconds), "audit-interim"
+            )
+        observer: ConnectionObserver = audit_observer
         if measured is not None:
             observer = Observers(observer, MetricsObserver(measured))
             sampler = AuditSampler(measured, audit_log)
@@ -164,6 +180,7 @@ async def running_server(
             leases = await stack.enter_async_context(
                 SqlConnectionLeases(engine, settings.node_name)
             )
+        sessions = SqlSessionStore(engine)
         access = Access(
             settings,
             rules=SqlRuleStore(engine),
@@ -171,6 +188,7 @@ async def running_server(
             changes=changes,
             on_users_changed=cached_users.invalidate,
             leases=leases,
+            kills=sessions,
         )
         if admin is not None:
             access.set_other_endpoints([(admin.bound.host, admin.bound.port)])
@@ -178,12 +196,36 @@ async def running_server(
             # The revision first: a change made after it was read is one the watch sees.
             await access.check_changes()
             await access.load_rules()
+        # Entered before the server, so the row goes after every client has: a clean stop
+        # leaves no node, and its sessions are gone from the live list with it.
+        with database_errors():
+            await stack.enter_async_context(
+                SqlNodeHeartbeat(
+                    engine,
+                    settings.node_name,
+                    connections=lambda: servers[0].active_clients if servers else 0,
+                )
+            )
         server = await stack.enter_async_context(
             ProxyServer(settings, authenticator, observer, listen_sockets, access)
         )
         servers.append(server)
         log.info("serving with users from %s", redact_url(settings.database_url))
         yield server
+
+
+async def _enter_task(
+    stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None], name: str
+) -> None:
+    """Run ``work`` as a task owned by ``stack``: cancelled and awaited when it closes."""
+    task = asyncio.get_running_loop().create_task(work, name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
 
 
 # /readyz waits this long for the database before it reports it unreachable.
@@ -232,6 +274,7 @@ RESTART_ONLY_SETTINGS = (
     "password_verify_threads",
     "admin_listen",
     "metrics_per_user",
+    "audit_interim_seconds",
 )
 
 

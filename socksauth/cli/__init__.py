@@ -10,6 +10,7 @@ from socksauth.cli.config import config
 from socksauth.cli.db import db
 from socksauth.cli.rules import rule
 from socksauth.cli.serve import quickstart, serve
+from socksauth.cli.sessions import sessions
 from socksauth.cli.users import user
 
 
@@ -27,3 +28,4 @@ main.add_command(rule)
 main.add_command(audit)
 main.add_command(stats)
 main.add_command(config)
+main.add_command(sessions)

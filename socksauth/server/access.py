@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from uuid import UUID
 
 from socksauth.config import Settings
 from socksauth.logs import get_logger
@@ -21,6 +22,7 @@ from socksauth.server.policy import COMMAND_NAMES, Action, DestinationPolicy, Ru
 from socksauth.store.interfaces import (
     ChangeFeed,
     ConnectionLeases,
+    KillRequests,
     LiveUsers,
     RuleRecord,
     RuleSource,
@@ -89,10 +91,12 @@ class Access:
         changes: ChangeFeed | None = None,
         on_users_changed: Callable[[], None] | None = None,
         leases: ConnectionLeases | None = None,
+        kills: KillRequests | None = None,
     ) -> None:
         """``changes``: where news of account and rule changes comes from; on each one the
         rules are re-read and ``on_users_changed`` drops cached accounts. ``leases``: per-user
-        connection counts shared with other nodes (else counted in this process only)."""
+        connection counts shared with other nodes (else counted in this process only).
+        ``kills``: where kicks of this node's connections are read, on each change."""
         self.settings = settings
         self.policy = (
             policy
@@ -112,6 +116,7 @@ class Access:
         self._users = users
         self.changes = changes
         self._on_users_changed = on_users_changed
+        self.kills = kills
         self._revision: int | None = None
         self._own_endpoints: tuple[tuple[str, int], ...] = ()
         self._other_endpoints: tuple[tuple[str, int], ...] = ()
@@ -204,6 +209,7 @@ async def watch(
     interval_seconds: float | None,
     clock: Callable[[], datetime] = utc_now,
     poll_seconds: float = 1.0,
+    kill: Callable[[Mapping[UUID, str]], object] | None = None,
 ) -> None:
     """Keep ``access`` current until cancelled; database errors are logged and the next
     round tries again.
@@ -214,7 +220,9 @@ async def watch(
       connected users anyway, which also catches expiry, a matter of time, not of change.
 
     Re-checking ends the connections of each revoked account; ``live`` lists (the account as
-    it logged in, a function that ends that connection with a reason).
+    it logged in, a function that ends that connection with a reason). On each change, the
+    kicks of this node's connections (``access.kills``) are read and handed to ``kill``
+    (audit id → who asked).
     """
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
@@ -240,6 +248,10 @@ async def watch(
         changed.clear()
         try:
             stale = await access.check_changes()
+            if stale and kill is not None and access.kills is not None:
+                requested = await access.kills.kill_requests(access.settings.node_name)
+                if requested:
+                    kill(requested)
             due = next_full_check is not None and loop.time() >= next_full_check
             if not (stale or due):
                 continue

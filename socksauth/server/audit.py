@@ -10,6 +10,12 @@ what load-balancer health checks and port scanners do, and they would drown the 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
+from datetime import UTC, datetime
+from uuid import UUID
+
 from socksauth.audit import AuditLog, new_entry_id
 from socksauth.server.client import ConnectionRecord, Outcome
 from socksauth.store.interfaces import AuditEntry
@@ -24,19 +30,41 @@ _NAME_CHARS = 255
 _DIALED_CHARS = 300
 
 
-class AuditObserver:
-    """A ConnectionObserver that records into an AuditLog; never blocks, never raises."""
+# How often the byte counts of open tunnels are written to their rows (interim updates).
+INTERIM_SECONDS = 5.0
 
-    __slots__ = ("_log", "_node")
+
+@dataclasses.dataclass(slots=True)
+class _Progress:
+    """What the last interim update of one open record said."""
+
+    record: ConnectionRecord
+    counts: tuple[int, int] = (0, 0)
+    at: float = 0.0  # monotonic
+    moving: bool = False  # its last rates were not zero
+
+
+class AuditObserver:
+    """A ConnectionObserver that records into an AuditLog; never blocks, never raises.
+
+    With ``run_interim`` running, every open tunnel's row also gets its byte counts so far
+    and its rates every few seconds: one entry per tunnel that moved (and one more when it
+    stops), queued like any other, so the relay does nothing more per byte.
+    """
+
+    __slots__ = ("_log", "_node", "_open")
 
     def __init__(self, audit_log: AuditLog, node: str) -> None:
         self._log = audit_log
         self._node = node
+        self._open: dict[UUID, _Progress] = {}
 
     def opened(self, record: ConnectionRecord) -> None:
         """The tunnel, association or binding is up: its row exists from now on."""
         if record.audit_id is None:
             record.audit_id = new_entry_id()
+        if record.audit_id not in self._open:
+            self._open[record.audit_id] = _Progress(record, at=time.monotonic())
         self._log.record(self._entry(record, finished=False))
 
     def finished(self, record: ConnectionRecord) -> None:
@@ -45,7 +73,45 @@ class AuditObserver:
             if not _audited(record):
                 return
             record.audit_id = new_entry_id()
+        self._open.pop(record.audit_id, None)
         self._log.record(self._entry(record, finished=True))
+
+    def record_interim(self) -> int:
+        """Queue the counts of each open tunnel that moved since the last call (or that
+        stopped moving: its rates become 0); how many were queued."""
+        now = time.monotonic()
+        wall = datetime.now(UTC)
+        queued = 0
+        for progress in self._open.values():
+            counts_of = progress.record.live_counts
+            if counts_of is None:
+                continue
+            counts = counts_of()
+            if counts == progress.counts and not progress.moving:
+                continue
+            seconds = max(now - progress.at, 1e-3)
+            up = (counts[0] - progress.counts[0]) / seconds
+            down = (counts[1] - progress.counts[1]) / seconds
+            progress.counts, progress.at, progress.moving = counts, now, bool(up or down)
+            entry = self._entry(progress.record, finished=False)
+            self._log.record(
+                dataclasses.replace(
+                    entry,
+                    bytes_from_client=counts[0],
+                    bytes_to_client=counts[1],
+                    updated_at=wall,
+                    rate_from_client=up,
+                    rate_to_client=down,
+                )
+            )
+            queued += 1
+        return queued
+
+    async def run_interim(self, interval_seconds: float = INTERIM_SECONDS) -> None:
+        """``record_interim`` every ``interval_seconds``, until cancelled."""
+        while True:
+            await asyncio.sleep(interval_seconds)
+            self.record_interim()
 
     def _entry(self, record: ConnectionRecord, *, finished: bool) -> AuditEntry:
         assert record.audit_id is not None

@@ -7,6 +7,7 @@ import enum
 import ipaddress
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, cast
@@ -82,6 +83,7 @@ class Outcome(enum.Enum):
     LIMIT_EXCEEDED = "limit_exceeded"  # the user's max_connections were in use (reply 0x02)
     REVOKED = "revoked"  # ended because the account was disabled, deleted, expired or changed
     REFUSED = "refused"  # not admitted at accept: a cap, or not an allowed client network
+    KILLED = "killed"  # ended by `socksauth sessions kill` (the audit row says who asked)
     ERROR = "error"
 
 
@@ -116,6 +118,9 @@ class ConnectionRecord:
     datagrams_to_client: int = 0
     audit_id: UUID | None = None  # set by the observer that writes the audit row
     datagrams_dropped: int = 0  # UDP: wrong source, FRAG != 0, malformed, not allowed, …
+    # While a tunnel or association runs: its byte counts so far (from, to the client), for
+    # the audit's interim updates. Read every few seconds, never per byte.
+    live_counts: Callable[[], tuple[int, int]] | None = None
 
     @property
     def client(self) -> str:
@@ -297,6 +302,7 @@ class ClientConnection:
         self._lease: UserLease | None = None
         self._transport: asyncio.Transport | None = None
         self._revoked: str | None = None
+        self._killed_by: str | None = None
         self._denial: Verdict | None = None
         # The load balancer connected on its own (no header, or a LOCAL one): a health check
         # when it leaves without a word, logged at debug instead of once per check.
@@ -394,6 +400,9 @@ class ClientConnection:
                 self._lease.release()
             if self._revoked is not None:
                 record.outcome = Outcome.REVOKED
+            if self._killed_by is not None:
+                record.outcome = Outcome.KILLED
+            record.live_counts = None
             if self.relay is not None:
                 record.bytes_from_client, record.bytes_to_client = self.relay.bytes_counts()
             record.duration_seconds = time.monotonic() - record.started
@@ -438,6 +447,17 @@ class ClientConnection:
             self.relay.close(CloseReason.SHUTDOWN)
         elif self._transport is not None:
             # The association and the binding end when their control connection does.
+            self._transport.abort()
+
+    def kill(self, by: str) -> None:
+        """End this client's tunnel, association or binding now: an administrator (``by``)
+        kicked it. Audited as KILLED; the account stays as it is."""
+        if self._killed_by is None:
+            log.info("%s: killed by %s", self.record.client if self.record else "-", by)
+        self._killed_by = by
+        if self.relay is not None:
+            self.relay.close(CloseReason.SHUTDOWN)
+        elif self._transport is not None:
             self._transport.abort()
 
     async def _next_event(self) -> ClientEvent:
@@ -694,6 +714,7 @@ class ClientConnection:
         self._reply(transport, Reply.SUCCEEDED, record, reply_address)
         trailing, client_eof = self._conn.trailing_data
         self.relay = relay
+        record.live_counts = relay.bytes_counts
         relay.attach_client(transport, trailing, client_eof)
 
     async def _bind(
@@ -768,6 +789,8 @@ class ClientConnection:
             record.outcome = Outcome.ERROR
             return
         self.association = association
+        counters = association.counters
+        record.live_counts = lambda: (counters.bytes_from_client, counters.bytes_to_client)
         try:
             self._reply(transport, Reply.SUCCEEDED, record, bound)
             _, client_eof = self._conn.trailing_data  # nothing more is defined on this stream

@@ -27,6 +27,7 @@ _COLUMNS = (
     UserRow.max_connections,
     UserRow.max_bandwidth_bytes_per_second,
     UserRow.expires_at,
+    UserRow.is_admin,
 )
 
 
@@ -190,4 +191,5 @@ def _record(row: Any) -> UserRecord:
         max_connections=row.max_connections,
         max_bandwidth_bytes_per_second=row.max_bandwidth_bytes_per_second,
         expires_at=None if row.expires_at is None else from_db(row.expires_at),
+        is_admin=bool(row.is_admin),
     )

@@ -83,7 +83,7 @@ async def test_ensure_current_refuses_a_revision_from_a_newer_socksauth(
 
 
 def test_head_is_a_known_revision() -> None:
-    assert migrate.head() == "0004"
+    assert migrate.head() == "0007"
 
 
 def test_script_location_is_the_checkout_in_an_editable_install() -> None:
