@@ -11,6 +11,7 @@ from socksauth.cli.db import db
 from socksauth.cli.rules import rule
 from socksauth.cli.serve import quickstart, serve
 from socksauth.cli.sessions import sessions
+from socksauth.cli.top import top
 from socksauth.cli.users import user
 
 
@@ -29,3 +30,4 @@ main.add_command(audit)
 main.add_command(stats)
 main.add_command(config)
 main.add_command(sessions)
+main.add_command(top)
