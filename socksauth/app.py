@@ -4,12 +4,16 @@ signals."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import dataclasses
 import functools
 import gc
+import hashlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,15 +30,17 @@ from socksauth.auth import passwords
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
 from socksauth.auth.user_cache import UserCache
 from socksauth.config import ListenAddress, Settings
-from socksauth.errors import ConfigError
+from socksauth.errors import ConfigError, DatabaseError
 from socksauth.logs import get_logger
 from socksauth.server.access import Access
 from socksauth.server.admin import AdminListener, Readiness, bind_admin_socket
 from socksauth.server.audit import AuditObserver
 from socksauth.server.client import ConnectionObserver, Observers
+from socksauth.server.dashboard import Authorize, Dashboard
 from socksauth.server.listener import ProxyServer, bind_listeners
 from socksauth.server.metrics import AuditSampler, MetricsObserver
 from socksauth.store import migrate
+from socksauth.store.admin import SqlAdminCredentials
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.changes import SqlChangeFeed
 from socksauth.store.database import (
@@ -47,7 +53,13 @@ from socksauth.store.database import (
     parse_url,
     redact_url,
 )
-from socksauth.store.interfaces import AuditReader, RuleStore, SessionReader, UserStore
+from socksauth.store.interfaces import (
+    AdminCredentials,
+    AuditReader,
+    RuleStore,
+    SessionReader,
+    UserStore,
+)
 from socksauth.store.leases import SqlConnectionLeases
 from socksauth.store.nodes import SqlNodeHeartbeat
 from socksauth.store.rules import SqlRuleStore
@@ -90,6 +102,25 @@ async def open_session_reader(database_url: str) -> AsyncIterator[SessionReader]
     async with connected(database_url) as engine:
         await migrate.ensure_current(engine)
         yield SqlSessionStore(engine)
+
+
+@contextlib.asynccontextmanager
+async def open_admin_credentials(database_url: str) -> AsyncIterator[AdminCredentials]:
+    """Dashboard tokens and admin accounts, for `socksauth admin`."""
+    async with connected(database_url) as engine:
+        await migrate.ensure_current(engine)
+        yield SqlAdminCredentials(engine)
+
+
+def new_admin_token() -> tuple[str, str]:
+    """(a fresh dashboard token to show once, the SHA-256 hex to store): 256 random bits,
+    so a plain hash is enough (no guessing to slow down, unlike a password)."""
+    token = "sa_" + secrets.token_urlsafe(32)
+    return token, token_hash(token)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 async def upgrade_database(database_url: str) -> str:
@@ -171,8 +202,14 @@ async def running_server(
                     engine, needed, READY_DATABASE_TIMEOUT_SECONDS
                 )
 
+            dashboard = Dashboard(
+                sessions=SqlSessionStore(engine),
+                rules=SqlRuleStore(engine),
+                audit=SqlAuditStore(engine),
+                authorize=admin_authorizer(authenticator, SqlAdminCredentials(engine)),
+            )
             admin = await _enter_admin_listener(
-                stack, settings, admin_socket, measured, sampler, readiness
+                stack, settings, admin_socket, measured, sampler, readiness, dashboard
             )
         changes = SqlChangeFeed(engine)
         stack.push_async_callback(changes.close)
@@ -228,6 +265,35 @@ async def _enter_task(
     stack.push_async_callback(stop)
 
 
+def admin_authorizer(authenticator: Authenticator, credentials: AdminCredentials) -> Authorize:
+    """Who may open the dashboard: ``Authorization: Bearer TOKEN`` with a token of
+    `socksauth admin token create`, or HTTP Basic of an account marked admin (checked like a
+    SOCKS login: off the loop, throttled per address and name)."""
+
+    async def authorize(header: str | None, client_host: str) -> bool:
+        if not header:
+            return False
+        scheme, _, value = header.partition(" ")
+        scheme, value = scheme.lower(), value.strip()
+        try:
+            if scheme == "bearer":
+                return await credentials.token_name(token_hash(value)) is not None
+            if scheme == "basic":
+                decoded = base64.b64decode(value, validate=True).decode()
+                name, colon, password = decoded.partition(":")
+                if not colon:
+                    return False
+                user = await authenticator.authenticate(name, password, client_host)
+                return user is not None and user.is_admin
+        except (ValueError, binascii.Error):  # not base64, not UTF-8
+            return False
+        except DatabaseError as error:
+            log.warning("dashboard: cannot check credentials: %s", error)
+        return False
+
+    return authorize
+
+
 # /readyz waits this long for the database before it reports it unreachable.
 READY_DATABASE_TIMEOUT_SECONDS = 2.0
 
@@ -239,6 +305,7 @@ async def _enter_admin_listener(
     measured: metrics.Metrics,
     sampler: AuditSampler,
     readiness: Readiness,
+    dashboard: Dashboard | None = None,
 ) -> AdminListener:
     """The admin listener on ``stack``, and the task that samples the audit for it.
 
@@ -261,6 +328,7 @@ async def _enter_admin_listener(
             exposition=measured.exposition,
             readiness=readiness,
             before_scrape=sampler.sample,
+            dashboard=dashboard,
         )
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from socksauth import __version__
+from socksauth.cli.admin import admin
 from socksauth.cli.audit import audit, stats
 from socksauth.cli.config import config
 from socksauth.cli.db import db
@@ -31,3 +32,4 @@ main.add_command(stats)
 main.add_command(config)
 main.add_command(sessions)
 main.add_command(top)
+main.add_command(admin)
