@@ -49,6 +49,8 @@ TRAFFIC_BUCKET_SECONDS = 60
 # Users drawn in the chart: the busiest, so the legend stays readable.
 CHART_USERS = 8
 FAILED_LOGINS_SHOWN = 20
+# Live sessions listed on one page (the oldest first): filter by user or node for the rest.
+SESSIONS_SHOWN = 1000
 # As server/throttle's lockout: this many failures for one name from one address within
 # 15 minutes lock that pair out (shown as "likely locked out").
 LOCKOUT_FAILURES = 10
@@ -174,7 +176,11 @@ class Dashboard:
 
     async def _sessions_page(self, user: str | None, node: str | None) -> str:
         now = datetime.now(UTC)
-        live = await self._sessions.live_sessions(SessionQuery(username=user, node=node))
+        live = await self._sessions.live_sessions(
+            SessionQuery(username=user, node=node, limit=SESSIONS_SHOWN + 1)
+        )
+        more = len(live) > SESSIONS_SHOWN
+        live = live[:SESSIONS_SHOWN]
         nodes = sorted(n.name for n in await self._sessions.nodes())
         rows = "".join(
             _row(
@@ -203,10 +209,12 @@ class Dashboard:
 <button type="submit">filter</button> <a href="/sessions">clear</a>
 </form>"""
         shown = "" if user is None and node is None else " (filtered)"
+        if more:
+            shown += f", the oldest {SESSIONS_SHOWN} shown: filter for the others"
         return _page(
             "Live sessions",
             f"""{form}
-<section><h2>{len(live)} live session(s){shown}</h2>
+<section><h2>{len(live)}{"+" if more else ""} live session(s){_h(shown)}</h2>
 {
                 _table(
                     (

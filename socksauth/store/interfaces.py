@@ -313,6 +313,7 @@ class SessionQuery:
 
     username: str | None = None
     node: str | None = None
+    limit: int | None = None  # at most this many, the oldest first
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
