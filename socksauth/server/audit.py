@@ -34,8 +34,8 @@ _DIALED_CHARS = 300
 # How often the byte counts of open tunnels are written to their rows (interim updates).
 INTERIM_SECONDS = 5.0
 # Tunnels handled between two yields to the loop: a tick over 10,000 tunnels never holds the
-# loop for more than one chunk (a few milliseconds; bench/bench_interim.py).
-INTERIM_CHUNK = 500
+# loop for more than one chunk (about 2 ms; bench/bench_interim.py).
+INTERIM_CHUNK = 250
 
 
 @dataclasses.dataclass(slots=True)
