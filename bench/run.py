@@ -761,8 +761,9 @@ VERSUS_REFERENCE = (
 )
 
 
-def print_versus_reference(subject: Subject, reference: Subject) -> None:
-    """Per-round ratios socksauth ÷ reference, then their median [min..max]."""
+def print_versus_reference(subject: Subject, reference: Subject, title: str = "") -> None:
+    """Per-round ratios socksauth ÷ reference (or any two subjects), then their median
+    [min..max]."""
     lines = []
     for key, label in VERSUS_REFERENCE:
         pairs = [
@@ -782,9 +783,13 @@ def print_versus_reference(subject: Subject, reference: Subject) -> None:
         )
     if not lines:
         return
-    header = ("metric", "reference", subject.name, f"{subject.name} ÷ reference")
+    header = ("metric", reference.name, subject.name, f"{subject.name} ÷ {reference.name}")
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-    print(f"\n== {subject.name} beside the naive asyncio-streams reference (bench/reference.py)")
+    print(
+        f"\n== {title}"
+        if title
+        else f"\n== {subject.name} beside the naive asyncio-streams reference (bench/reference.py)"
+    )
     for line in [header, tuple("-" * w for w in widths), *lines]:
         print(" | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
@@ -841,6 +846,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra option for `socksauth serve`, repeatable (e.g. --server-arg=--workers=1)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--interim-compare",
+        type=float,
+        metavar="SECONDS",
+        help="also start, per store, a server with --audit-interim-interval=SECONDS and one "
+        "with it off (0), measured in the same rounds; prints the on ÷ off ratios",
+    )
     parser.add_argument(
         "--no-reference",
         action="store_true",
@@ -918,6 +930,23 @@ def main(argv: list[str] | None = None) -> int:
                 subject.server.start()
                 subject.pid = subject.server.pid
                 subject.route = Route(subject.server.address, "bench", PASSWORD)
+                if args.interim_compare is not None:
+                    # Same database, own node names: each server's audit rows stay its own.
+                    for suffix, seconds in (("on", args.interim_compare), ("off", 0.0)):
+                        extra = Subject(f"{store}-interim-{suffix}", Route(None, "bench", PASSWORD))
+                        extra.server = Server(
+                            database,
+                            extra.name,
+                            [
+                                *_server_args(),
+                                f"--audit-interim-interval={seconds:g}",
+                                f"--node-name=bench-interim-{suffix}",
+                            ],
+                        )
+                        extra.server.start()
+                        extra.pid = extra.server.pid
+                        extra.route = Route(extra.server.address, "bench", PASSWORD)
+                        subjects.append(extra)
 
         measured = [*subjects, *([reference] if reference else [])]
         # Warm-up, not counted: logins cached, heaps grown, code paths hot.
@@ -997,6 +1026,14 @@ def main(argv: list[str] | None = None) -> int:
             report["reference"] = reference.values
             for subject in subjects:
                 print_versus_reference(subject, reference)
+        by_name = {subject.name: subject for subject in subjects}
+        for name in list(by_name):
+            if name.endswith("-interim-on") and name[:-3] + "-off" in by_name:
+                print_versus_reference(
+                    by_name[name],
+                    by_name[name[:-3] + "-off"],
+                    f"interim updates every {args.interim_compare:g} s, on ÷ off",
+                )
         for note in report["notes"]:
             print(f"note: {note}")
         path = args.json or (

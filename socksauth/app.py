@@ -4,12 +4,16 @@ signals."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import dataclasses
 import functools
 import gc
+import hashlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,13 +34,14 @@ from socksauth.auth.throttle import LoginThrottle
 from socksauth.auth.throttle_sharing import SharedThrottle
 from socksauth.auth.user_cache import UserCache
 from socksauth.config import ListenAddress, Settings, verify_threads
-from socksauth.errors import ConfigError
+from socksauth.errors import ConfigError, DatabaseError
 from socksauth.health import describe
 from socksauth.logs import get_logger
 from socksauth.server.access import Access
 from socksauth.server.admin import AdminListener, Readiness, bind_admin_socket
 from socksauth.server.audit import AuditObserver
 from socksauth.server.client import ConnectionObserver, Observers
+from socksauth.server.dashboard import Authorize, Dashboard
 from socksauth.server.listener import (
     ProxyServer,
     bind_listeners,
@@ -46,6 +51,7 @@ from socksauth.server.listener import (
 from socksauth.server.metrics import AuditSampler, MetricsObserver, ThrottleMetrics
 from socksauth.server.quota import QuotaStatus, quota_statuses
 from socksauth.store import migrate
+from socksauth.store.admin import SqlAdminCredentials
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.changes import SqlChangeFeed
 from socksauth.store.database import (
@@ -58,9 +64,18 @@ from socksauth.store.database import (
     parse_url,
     redact_url,
 )
-from socksauth.store.interfaces import AuditReader, RuleStore, ThrottleStore, UserStore
+from socksauth.store.interfaces import (
+    AdminCredentials,
+    AuditReader,
+    RuleStore,
+    SessionReader,
+    ThrottleStore,
+    UserStore,
+)
 from socksauth.store.leases import SqlConnectionLeases
+from socksauth.store.nodes import SqlNodeHeartbeat
 from socksauth.store.rules import SqlRuleStore
+from socksauth.store.sessions import SqlSessionStore
 from socksauth.store.throttle import SqlThrottleStore
 from socksauth.store.usage import SqlTrafficUsage
 from socksauth.store.users import SqlUserStore
@@ -112,6 +127,34 @@ async def quota_report(database_url: str, zone_name: str) -> dict[str, QuotaStat
         await migrate.ensure_current(engine)
         users = await SqlUserStore(engine).list_users()
         return await quota_statuses(users, SqlTrafficUsage(engine), datetime.now(UTC), zone)
+
+
+@contextlib.asynccontextmanager
+async def open_session_reader(database_url: str) -> AsyncIterator[SessionReader]:
+    """Live sessions and nodes of every node on the database, for `socksauth sessions`,
+    `socksauth top` and kicks."""
+    async with connected(database_url) as engine:
+        await migrate.ensure_current(engine)
+        yield SqlSessionStore(engine)
+
+
+@contextlib.asynccontextmanager
+async def open_admin_credentials(database_url: str) -> AsyncIterator[AdminCredentials]:
+    """Dashboard tokens and admin accounts, for `socksauth admin`."""
+    async with connected(database_url) as engine:
+        await migrate.ensure_current(engine)
+        yield SqlAdminCredentials(engine)
+
+
+def new_admin_token() -> tuple[str, str]:
+    """(a fresh dashboard token to show once, the SHA-256 hex to store): 256 random bits,
+    so a plain hash is enough (no guessing to slow down, unlike a password)."""
+    token = "sa_" + secrets.token_urlsafe(32)
+    return token, token_hash(token)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 async def upgrade_database(database_url: str) -> str:
@@ -200,7 +243,12 @@ async def running_server(
                 or default_audit_spill_path(settings.database_url, settings.node_name),
             )
         )
-        observer: ConnectionObserver = AuditObserver(audit_log, settings.node_name)
+        audit_observer = AuditObserver(audit_log, settings.node_name)
+        if settings.audit_interim_seconds is not None:
+            await _enter_task(
+                stack, audit_observer.run_interim(settings.audit_interim_seconds), "audit-interim"
+            )
+        observer: ConnectionObserver = audit_observer
         if measured is not None:
             observer = Observers(observer, MetricsObserver(measured))
             sampler = AuditSampler(measured, audit_log)
@@ -218,8 +266,14 @@ async def running_server(
                     return f"{problem}; new logins cannot be checked"
                 return problem
 
+            dashboard = Dashboard(
+                sessions=SqlSessionStore(engine),
+                rules=SqlRuleStore(engine),
+                audit=SqlAuditStore(engine),
+                authorize=admin_authorizer(authenticator, SqlAdminCredentials(engine)),
+            )
             admin = await _enter_admin_listener(
-                stack, settings, admin_socket, measured, sampler, readiness
+                stack, settings, admin_socket, measured, sampler, readiness, dashboard
             )
         changes = SqlChangeFeed(engine)
         stack.push_async_callback(changes.close)
@@ -227,6 +281,7 @@ async def running_server(
             leases = await stack.enter_async_context(
                 SqlConnectionLeases(engine, settings.node_name)
             )
+        sessions = SqlSessionStore(engine)
         access = Access(
             settings,
             rules=SqlRuleStore(engine),
@@ -240,6 +295,7 @@ async def running_server(
             leases=leases,
             usage=SqlTrafficUsage(engine),
             egress_source=users,
+            kills=sessions,
         )
         # The next login after a change committed anywhere is decided on the new state.
         cached_users.before_lookup = access.ensure_current
@@ -250,6 +306,16 @@ async def running_server(
             await access.check_changes()
             await access.load_rules()
             await access.check_egress()
+        # Entered before the server, so the row goes after every client has: a clean stop
+        # leaves no node, and its sessions are gone from the live list with it.
+        with database_errors():
+            await stack.enter_async_context(
+                SqlNodeHeartbeat(
+                    engine,
+                    settings.node_name,
+                    connections=lambda: servers[0].active_clients if servers else 0,
+                )
+            )
         server = await stack.enter_async_context(
             ProxyServer(settings, authenticator, observer, listen_sockets, access)
         )
@@ -266,6 +332,49 @@ def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[],
     return call
 
 
+async def _enter_task(
+    stack: contextlib.AsyncExitStack, work: Coroutine[Any, Any, None], name: str
+) -> None:
+    """Run ``work`` as a task owned by ``stack``: cancelled and awaited when it closes."""
+    task = asyncio.get_running_loop().create_task(work, name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+
+
+def admin_authorizer(authenticator: Authenticator, credentials: AdminCredentials) -> Authorize:
+    """Who may open the dashboard: ``Authorization: Bearer TOKEN`` with a token of
+    `socksauth admin token create`, or HTTP Basic of an account marked admin (checked like a
+    SOCKS login: off the loop, throttled per address and name)."""
+
+    async def authorize(header: str | None, client_host: str) -> bool:
+        if not header:
+            return False
+        scheme, _, value = header.partition(" ")
+        scheme, value = scheme.lower(), value.strip()
+        try:
+            if scheme == "bearer":
+                return await credentials.token_name(token_hash(value)) is not None
+            if scheme == "basic":
+                decoded = base64.b64decode(value, validate=True).decode()
+                name, colon, password = decoded.partition(":")
+                if not colon:
+                    return False
+                user = await authenticator.authenticate(name, password, client_host)
+                return user is not None and user.is_admin
+        except (ValueError, binascii.Error):  # not base64, not UTF-8
+            return False
+        except DatabaseError as error:
+            log.warning("dashboard: cannot check credentials: %s", error)
+        return False
+
+    return authorize
+
+
 # /readyz waits this long for the database before it reports it unreachable.
 READY_DATABASE_TIMEOUT_SECONDS = 2.0
 
@@ -277,6 +386,7 @@ async def _enter_admin_listener(
     measured: metrics.Metrics,
     sampler: AuditSampler,
     readiness: Readiness,
+    dashboard: Dashboard | None = None,
 ) -> AdminListener:
     """The admin listener on ``stack``, and the task that samples the audit for it.
 
@@ -299,6 +409,7 @@ async def _enter_admin_listener(
             exposition=measured.exposition,
             readiness=readiness,
             before_scrape=sampler.sample,
+            dashboard=dashboard,
         )
     )
 
@@ -327,6 +438,7 @@ RESTART_ONLY_SETTINGS = (
     "login_spray_usernames",
     "login_max_delayed_per_address",
     "login_exempt_networks",
+    "audit_interim_seconds",
 )
 
 

@@ -39,7 +39,7 @@ RETRY_MAX_SECONDS = 30.0
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 
 # Fields of AuditEntry that travel as ISO strings / hex in the spill file.
-_DATETIMES = ("started_at", "ended_at")
+_DATETIMES = ("started_at", "ended_at", "updated_at")
 _REPLAY_ROUNDS = 4
 
 
@@ -129,10 +129,14 @@ class AuditLog:
         return self.health.failing
 
     def record(self, entry: AuditEntry) -> None:
-        """Queue ``entry``; a later entry with the same id (its completion) replaces it."""
+        """Queue ``entry``; a later entry with the same id (interim counts, its completion)
+        replaces it, except that nothing open replaces a completion."""
         self.queued += 1
-        if self._pending.pop(entry.id, None) is not None:
+        previous = self._pending.pop(entry.id, None)
+        if previous is not None:
             self.coalesced += 1
+            if entry.is_open and not previous.is_open:
+                entry = previous
         self._pending[entry.id] = entry
         pending = len(self._pending)
         if pending >= self._memory_limit or (
@@ -351,7 +355,8 @@ def _merged(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
     # One statement may not touch a row twice: keep the last state of each id.
     by_id: dict[UUID, AuditEntry] = {}
     for entry in entries:
-        if entry.id in by_id and entry.is_open:
+        previous = by_id.get(entry.id)
+        if previous is not None and entry.is_open and not previous.is_open:
             continue
         by_id[entry.id] = entry
     return list(by_id.values())
@@ -369,6 +374,7 @@ def _to_json(entry: AuditEntry) -> dict[str, Any]:
 def _from_json(values: dict[str, Any]) -> AuditEntry:
     values["id"] = UUID(hex=values["id"])
     for name in _DATETIMES:
-        if values[name] is not None:
+        # .get: a spill file written before a field existed lacks it.
+        if values.get(name) is not None:
             values[name] = datetime.fromisoformat(values[name])
     return AuditEntry(**values)

@@ -246,6 +246,9 @@ class Settings:
     # on any node or with the CLI, reaches this node's caches within about this long; with
     # PostgreSQL it is pushed (LISTEN/NOTIFY) within milliseconds and this is the fallback.
     change_poll_seconds: float = 1.0
+    # How often open tunnels write their byte counts so far (and rates) to their audit rows,
+    # for `socksauth sessions`, `top` and the dashboard; None: only at the end.
+    audit_interim_seconds: float | None = 5.0
     # A tunnel that moved no byte either way for this long is closed; None: never.
     idle_timeout_seconds: float | None = 900.0
     # Shutdown (SIGTERM/SIGINT): after accepting stops and handshakes finish, tunnels get this
@@ -307,7 +310,7 @@ class Settings:
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be a positive number of seconds")
-        for name in ("account_check_seconds", "idle_timeout_seconds"):
+        for name in ("account_check_seconds", "idle_timeout_seconds", "audit_interim_seconds"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name}: must be a positive number of seconds (or none)")

@@ -300,6 +300,10 @@ OPTIONS: tuple[Option, ...] = (
            metavar="SECONDS",
            help="Seconds between reads of the store's change counter (the fallback when "
            "PostgreSQL notifications do not arrive)."),
+    Option(name="audit-interim-interval", field="audit_interim_seconds",
+           kind=SECONDS_OR_NEVER, metavar="SECONDS",
+           help="Seconds between writes of open tunnels' byte counts and rates to the audit "
+           "(what `socksauth sessions`, `top` and the dashboard show). 0: only at the end."),
     Option(name="password-verify-threads", field="password_verify_threads",
            kind=Integer(minimum=1, zero_means_none=True), metavar="N",
            help="Threads verifying passwords at once in each worker (Argon2: one core each). "

@@ -1,10 +1,12 @@
-"""The built wheel, installed in a fresh venv, carries its migrations: `db upgrade` works."""
+"""The built wheel, installed in a fresh venv, carries its migrations (`db upgrade` works)
+and the dashboard's static files."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,11 @@ def test_installed_wheel_upgrades_a_database_with_its_packaged_migrations(
     _run(sys.executable, "-m", "build", "--wheel", "--outdir", dist, REPOSITORY,
          cwd=tmp_path, env=env)  # fmt: skip
     (wheel,) = dist.glob("socksauth-*.whl")
+    # The dashboard's chart library travels in the package: the page needs no CDN.
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    for static in ("chart.umd.min.js", "chart.js-LICENSE.md", "dashboard.js"):
+        assert f"socksauth/server/static/{static}" in names, static
 
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", venv, cwd=tmp_path, env=env)

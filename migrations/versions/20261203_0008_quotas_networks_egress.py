@@ -15,7 +15,7 @@ columns it lists: it is recreated with the new columns, so a quota, network or e
 reaches every node at once.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-03
 """
 
@@ -27,12 +27,14 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# As migration 0007 left them (0004's, and is_admin).
 _OLD_USER_COLUMNS = (
-    "username, password_hash, enabled, max_connections, max_bandwidth_bytes_per_second, expires_at"
+    "username, password_hash, enabled, max_connections, max_bandwidth_bytes_per_second, "
+    "expires_at, is_admin"
 )
 _NEW_USER_COLUMNS = _OLD_USER_COLUMNS + ", quota_bytes, quota_period, client_networks, egress"
 _BUMP = "UPDATE store_revision SET revision = revision + 1 WHERE id = 1"

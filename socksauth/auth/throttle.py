@@ -298,9 +298,7 @@ class LoginThrottle:
         change.demoted, change.locked = self._judge(username, address, pair, now)
         self._store(username, address, pair, change)
 
-    def _judge(
-        self, username: str, address: str, pair: PairState, now: float
-    ) -> tuple[bool, bool]:
+    def _judge(self, username: str, address: str, pair: PairState, now: float) -> tuple[bool, bool]:
         """After failures were added to ``pair``: (lost its familiar standing, locked now)."""
         settings = self.settings
         familiar = self._is_familiar(username, address, now)

@@ -250,9 +250,7 @@ _STATS_HEADER = (
     "quota_resets_at",
 )
 # Columns the table leaves out to stay readable; json and csv have them all.
-_TABLE_SKIPS = frozenset(
-    {"node", "datagrams_from_client", "datagrams_to_client", "requests", "id"}
-)
+_TABLE_SKIPS = frozenset({"node", "datagrams_from_client", "datagrams_to_client", "requests", "id"})
 
 
 def _entry_row(entry: AuditEntry) -> dict[str, Any]:

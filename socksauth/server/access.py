@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from uuid import UUID
 
 from socksauth.config import Settings
 from socksauth.health import Health
@@ -26,6 +27,7 @@ from socksauth.store.interfaces import (
     ChangeFeed,
     ConnectionLeases,
     EgressSource,
+    KillRequests,
     LiveUsers,
     RuleRecord,
     RuleSource,
@@ -97,12 +99,14 @@ class Access:
         leases: ConnectionLeases | None = None,
         usage: TrafficUsage | None = None,
         egress_source: EgressSource | None = None,
+        kills: KillRequests | None = None,
     ) -> None:
         """``changes``: where news of account and rule changes comes from; on each one the
         rules are re-read and ``on_users_changed`` drops cached accounts. ``leases``: per-user
         connection counts shared with other nodes (else counted in this process only).
         ``usage``: per-user traffic shared with other nodes, for quotas (else this process's).
-        ``egress_source``: the users' egress entries, checked with the pools at start/reload."""
+        ``egress_source``: the users' egress entries, checked with the pools at start/reload.
+        ``kills``: where kicks of this node's connections are read, on each change."""
         self.settings = settings
         self.policy = (
             policy
@@ -133,6 +137,7 @@ class Access:
         self._users = users
         self.changes = changes
         self._on_users_changed = on_users_changed
+        self.kills = kills
         self._revision: int | None = None
         self._checking: asyncio.Task[bool] | None = None
         self._own_endpoints: tuple[tuple[str, int], ...] = ()
@@ -266,6 +271,7 @@ async def watch(
     interval_seconds: float | None,
     clock: Callable[[], datetime] = utc_now,
     poll_seconds: float = 1.0,
+    kill: Callable[[Mapping[UUID, str]], object] | None = None,
 ) -> None:
     """Keep ``access`` current until cancelled; database errors are logged and the next
     round tries again.
@@ -276,7 +282,9 @@ async def watch(
       connected users anyway, which also catches expiry, a matter of time, not of change.
 
     Re-checking ends the connections of each revoked account; ``live`` lists (the account as
-    it logged in, a function that ends that connection with a reason).
+    it logged in, a function that ends that connection with a reason). On each change, the
+    kicks of this node's connections (``access.kills``) are read and handed to ``kill``
+    (audit id → who asked).
     """
     loop = asyncio.get_running_loop()
     changed = asyncio.Event()
@@ -302,7 +310,7 @@ async def watch(
                 await changed.wait()
         changed.clear()
         try:
-            connections = await _check_round(access, live, interval_seconds, next_full_check)
+            connections = await _check_round(access, live, interval_seconds, next_full_check, kill)
         except Exception as error:
             # The database is away: keep the rules and connections as they are, and try
             # again after a back-off (a full check that fell due meanwhile stays due).
@@ -329,11 +337,17 @@ async def _check_round(
     live: Callable[[], Iterable[tuple[UserRecord, Callable[[str], None]]]],
     interval_seconds: float | None,
     next_full_check: float | None,
+    kill: Callable[[Mapping[UUID, str]], object] | None = None,
 ) -> tuple[list[tuple[UserRecord, Callable[[str], None]]], dict[str, UserRecord]] | None:
-    """One round of ``watch``: read the change counter (and the rules when it moved or the
-    full check is due); the connected users and their stored accounts when they need a
-    re-check, else None. Raises whatever the store raises."""
+    """One round of ``watch``: read the change counter (and, when it moved, the kicks of this
+    node's connections, handed to ``kill``; the rules when it moved or the full check is
+    due); the connected users and their stored accounts when they need a re-check, else
+    None. Raises whatever the store raises."""
     stale = await access.check_changes()
+    if stale and kill is not None and access.kills is not None:
+        requested = await access.kills.kill_requests(access.settings.node_name)
+        if requested:
+            kill(requested)
     due = next_full_check is not None and asyncio.get_running_loop().time() >= next_full_check
     if not (stale or due):
         return None

@@ -1,5 +1,6 @@
 """AdminListener: /metrics, /healthz and /readyz over a minimal HTTP/1.1 (GET, one request per
-connection), bounded in request size, time and concurrent connections."""
+connection), bounded in request size, time and concurrent connections; and the dashboard's
+pages (server/dashboard.py), which need admin credentials, when one is given."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from types import TracebackType
 
 from socksauth.config import ListenAddress
 from socksauth.logs import get_logger
+from socksauth.server.dashboard import Dashboard, is_dashboard_path
 from socksauth.server.listener import listen_errors, resolve_listen
 
 log = get_logger("admin")
@@ -65,6 +67,7 @@ class AdminListener:
         exposition: Exposition,
         readiness: Readiness,
         before_scrape: Callable[[], None] | None = None,
+        dashboard: Dashboard | None = None,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         io_timeout_seconds: float = IO_TIMEOUT_SECONDS,
         max_connections: int = MAX_CONNECTIONS,
@@ -73,6 +76,7 @@ class AdminListener:
         self._exposition = exposition
         self._readiness = readiness
         self._before_scrape = before_scrape
+        self._dashboard = dashboard
         self._max_request_bytes = max_request_bytes
         self._io_timeout = io_timeout_seconds
         self._max_connections = max_connections
@@ -86,7 +90,8 @@ class AdminListener:
         self._server = await asyncio.start_server(
             self._handle, sock=self._sock, limit=self._max_request_bytes
         )
-        log.info("admin listener (/metrics, /healthz, /readyz) on http://%s", self.bound)
+        pages = ", dashboard at /" if self._dashboard is not None else ""
+        log.info("admin listener (/metrics, /healthz, /readyz%s) on http://%s", pages, self.bound)
         return self
 
     async def __aexit__(
@@ -111,7 +116,8 @@ class AdminListener:
             return
         self._handlers.add(task)
         try:
-            response = await self._respond(reader)
+            peer = writer.get_extra_info("peername") or ("", 0)
+            response = await self._respond(reader, str(peer[0]))
             if response is None:
                 writer.transport.abort()
                 return
@@ -132,7 +138,7 @@ class AdminListener:
         finally:
             self._handlers.discard(task)
 
-    async def _respond(self, reader: asyncio.StreamReader) -> _Response | None:
+    async def _respond(self, reader: asyncio.StreamReader, client_host: str) -> _Response | None:
         """(status, content type, body, extra headers) for the request ``reader`` brings;
         None when the client left or was too slow to send it."""
         try:
@@ -148,6 +154,10 @@ class AdminListener:
             return _text(HTTPStatus.BAD_REQUEST, "bad request line")
         method, target, _ = parts
         path = target.split("?", 1)[0]
+        if self._dashboard is not None and is_dashboard_path(path):
+            if method != "GET":
+                return _text(HTTPStatus.METHOD_NOT_ALLOWED, "GET only", [("Allow", "GET")])
+            return await self._dashboard.respond(target, _headers(request_head), client_host)
         if path not in ("/metrics", "/healthz", "/readyz"):
             return _text(HTTPStatus.NOT_FOUND, "not found: try /metrics, /healthz or /readyz")
         if method != "GET":
@@ -164,6 +174,16 @@ class AdminListener:
         # Multi-process mode reads every worker's files: off the loop.
         body, content_type = await asyncio.to_thread(self._exposition)
         return HTTPStatus.OK, content_type, body, []
+
+
+def _headers(request_head: bytes) -> dict[str, str]:
+    """The request's header fields by lower-case name (the last of repeated ones)."""
+    fields = {}
+    for line in request_head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon:
+            fields[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    return fields
 
 
 def _text(status: HTTPStatus, text: str, headers: list[tuple[str, str]] | None = None) -> _Response:

@@ -6,6 +6,7 @@ import asyncio
 import enum
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, cast
@@ -99,6 +100,7 @@ class Outcome(enum.Enum):
     AUTH_REQUIRED = "auth_required"  # HTTP: no credentials, answered 407 (not audited)
     QUOTA_EXCEEDED = "quota_exceeded"  # traffic quota used up: request refused (0x02) or ended
     WRONG_NETWORK = "wrong_network"  # right password, client outside the user's networks
+    KILLED = "killed"  # ended by `socksauth sessions kill` (the audit row says who asked)
     ERROR = "error"
 
 
@@ -141,6 +143,9 @@ class ConnectionRecord:
     datagrams_dropped: int = 0  # UDP: wrong source, FRAG != 0, malformed, not allowed, …
     protocol: Kind = Kind.SOCKS5  # or HTTP: what the client spoke (its first byte)
     requests: int = 0  # HTTP absolute-form requests forwarded on this connection
+    # While a tunnel or association runs: its byte counts so far (from, to the client), for
+    # the audit's interim updates. Read every few seconds, never per byte.
+    live_counts: Callable[[], tuple[int, int]] | None = None
 
     @property
     def client(self) -> str:
@@ -371,6 +376,7 @@ class ClientConnection:
         self.quota_counted = 0
         # The session key from the username (alice-session-KEY), for sticky egress.
         self._session: str | None = None
+        self._killed_by: str | None = None
         self._denial: Verdict | None = None
         # The load balancer connected on its own (no header, or a LOCAL one): a health check
         # when it leaves without a word, logged at debug instead of once per check.
@@ -479,6 +485,9 @@ class ClientConnection:
                 record.outcome = Outcome.REVOKED
             if self._quota_exceeded:
                 record.outcome = Outcome.QUOTA_EXCEEDED
+            if self._killed_by is not None:
+                record.outcome = Outcome.KILLED
+            record.live_counts = None
             if self.relay is not None:
                 record.bytes_from_client, record.bytes_to_client = self.relay.bytes_counts()
             elif self._http is not None and self._http.requests:
@@ -552,6 +561,17 @@ class ClientConnection:
         if self._http is not None:  # forwarded plain-HTTP requests
             return self._http.bytes_from_client + self._http.bytes_to_client
         return 0
+
+    def kill(self, by: str) -> None:
+        """End this client's tunnel, association or binding now: an administrator (``by``)
+        kicked it. Audited as KILLED; the account stays as it is."""
+        if self._killed_by is None:
+            log.info("%s: killed by %s", self.record.client if self.record else "-", by)
+        self._killed_by = by
+        if self.relay is not None:
+            self.relay.close(CloseReason.SHUTDOWN)
+        elif self._transport is not None:
+            self._transport.abort()
 
     async def _next_event(self) -> ClientEvent:
         while True:
@@ -975,6 +995,7 @@ class ClientConnection:
         else:  # bytes pipelined after the CONNECT head belong to the tunnel too
             trailing, client_eof = self._http.trailing_data
         self.relay = relay
+        record.live_counts = relay.bytes_counts
         relay.attach_client(transport, trailing, client_eof)
 
     async def _bind(
@@ -1053,6 +1074,8 @@ class ClientConnection:
             record.outcome = Outcome.ERROR
             return
         self.association = association
+        counters = association.counters
+        record.live_counts = lambda: (counters.bytes_from_client, counters.bytes_to_client)
         try:
             self._reply(transport, Reply.SUCCEEDED, record, bound)
             _, client_eof = self._conn.trailing_data  # nothing more is defined on this stream

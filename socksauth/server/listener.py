@@ -9,10 +9,11 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
+from uuid import UUID
 
 from socksauth.auth.authenticator import Authenticator
 from socksauth.config import ListenAddress, Settings
@@ -247,6 +248,7 @@ class ProxyServer:
                 self._live_users,
                 self._settings.account_check_seconds,
                 poll_seconds=self._settings.change_poll_seconds,
+                kill=self.kill,
             ),
             name="account-watch",
         )
@@ -332,6 +334,19 @@ class ProxyServer:
             for client in self._clients.values()
             if client.user is not None
         ]
+
+    def kill(self, requested: Mapping[UUID, str]) -> int:
+        """End the clients whose audit ids are in ``requested`` (id → who asked); how many
+        of them were here."""
+        killed = 0
+        for client in list(self._clients.values()):
+            record = client.record
+            if record is not None and record.audit_id is not None:
+                by = requested.get(record.audit_id)
+                if by is not None:
+                    client.kill(by)
+                    killed += 1
+        return killed
 
     def _accept(self, listener: _Listener) -> asyncio.BaseProtocol:
         client = ClientConnection(

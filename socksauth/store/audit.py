@@ -25,9 +25,21 @@ from socksauth.store.models import AuditRow
 from socksauth.store.times import from_db, to_utc
 
 _AUDIT: Table = AuditRow.__table__  # type: ignore[assignment]
-_COLUMNS = tuple(column.name for column in _AUDIT.columns)
+# Set by `socksauth sessions kill`, never by the audit: no write touches them.
+_KICK = ("kill_requested_at", "killed_by")
+_COLUMNS = tuple(column.name for column in _AUDIT.columns if column.name not in _KICK)
 # A finished entry completes an open row: everything but who and when it started may change.
 _COMPLETED = tuple(name for name in _COLUMNS if name not in ("id", "node", "started_at"))
+# An interim entry updates the counts of a row that is still open, and nothing else.
+_INTERIM = (
+    "bytes_from_client",
+    "bytes_to_client",
+    "datagrams_from_client",
+    "datagrams_to_client",
+    "updated_at",
+    "rate_from_client",
+    "rate_to_client",
+)
 
 
 class SqlAuditStore:
@@ -47,9 +59,10 @@ class SqlAuditStore:
         Raises:
             DatabaseError: the database is unreachable or refused the batch.
         """
-        opened = [_values(entry) for entry in entries if entry.is_open]
+        opened = [_values(entry) for entry in entries if entry.is_open and not entry.is_interim]
+        interim = [_values(entry) for entry in entries if entry.is_interim]
         finished = [_values(entry) for entry in entries if not entry.is_open]
-        open_statement, finish_statement = self._statements
+        open_statement, finish_statement, interim_statement = self._statements
         with database_errors():
             async with self._engine.begin() as conn:
                 # executemany of one cached statement: SQLAlchemy's "insertmanyvalues" sends
@@ -57,6 +70,8 @@ class SqlAuditStore:
                 # a 500-row .values([...]) costs ~0.25 s of event-loop time).
                 if opened:
                     await conn.execute(open_statement, opened)
+                if interim:
+                    await conn.execute(interim_statement, interim)
                 if finished:
                     await conn.execute(finish_statement, finished)
 
@@ -121,9 +136,9 @@ class SqlAuditStore:
             select(
                 AuditRow.username,
                 func.sum(case((AuditRow.command.is_not(None), 1), else_=0)).label("connections"),
-                func.sum(
-                    case((AuditRow.outcome.in_(FAILED_LOGIN_OUTCOMES), 1), else_=0)
-                ).label("failed"),
+                func.sum(case((AuditRow.outcome.in_(FAILED_LOGIN_OUTCOMES), 1), else_=0)).label(
+                    "failed"
+                ),
                 func.coalesce(func.sum(AuditRow.bytes_from_client), 0).label("from_client"),
                 func.coalesce(func.sum(AuditRow.bytes_to_client), 0).label("to_client"),
                 # Tunnel time: a refused handshake's duration is not time spent tunnelling.
@@ -166,15 +181,21 @@ class SqlAuditStore:
         return int(result.rowcount)
 
 
-def _upserts(dialect: str) -> tuple[Any, Any]:
-    """(insert an open row unless it exists, insert or complete a finished row)."""
+def _upserts(dialect: str) -> tuple[Any, Any, Any]:
+    """(insert an open row unless it exists, insert or complete a finished row, insert an
+    open row or update its counts unless it has been completed meanwhile)."""
     # ON CONFLICT is spelled the same on both, but each dialect has its own insert().
     insert = postgresql.insert(_AUDIT) if dialect == "postgresql" else sqlite.insert(_AUDIT)
     open_statement = insert.on_conflict_do_nothing(index_elements=["id"])
     finish_statement = insert.on_conflict_do_update(
         index_elements=["id"], set_={name: insert.excluded[name] for name in _COMPLETED}
     )
-    return open_statement, finish_statement
+    interim_statement = insert.on_conflict_do_update(
+        index_elements=["id"],
+        set_={name: insert.excluded[name] for name in _INTERIM},
+        where=_AUDIT.c.ended_at.is_(None),
+    )
+    return open_statement, finish_statement, interim_statement
 
 
 def _period(since: datetime | None, until: datetime | None) -> list[ColumnElement[bool]]:
@@ -191,12 +212,18 @@ def _values(entry: AuditEntry) -> dict[str, Any]:
     values["started_at"] = to_utc(entry.started_at)
     if entry.ended_at is not None:
         values["ended_at"] = to_utc(entry.ended_at)
+    if entry.updated_at is not None:
+        values["updated_at"] = to_utc(entry.updated_at)
     return values
 
 
 def _entry(row: Any) -> AuditEntry:
+    """An AuditEntry from a row of ``select(_AUDIT)`` (all columns)."""
     values = {name: getattr(row, name) for name in _COLUMNS}
     values["started_at"] = from_db(row.started_at)
     if row.ended_at is not None:
         values["ended_at"] = from_db(row.ended_at)
+    if row.updated_at is not None:
+        values["updated_at"] = from_db(row.updated_at)
+    values["killed_by"] = row.killed_by
     return AuditEntry(**values)

@@ -34,6 +34,8 @@ class UserRecord:
     client_networks: tuple[str, ...] = ()
     # Local addresses (or "pool:NAME") the user's outbound traffic leaves from; empty: any.
     egress: tuple[str, ...] = ()
+    # May open the dashboard with HTTP Basic.
+    is_admin: bool = False
 
     def expired(self, now: datetime) -> bool:
         """Whether the account's expiry has passed at ``now`` (aware, UTC)."""
@@ -221,6 +223,8 @@ WRONG_NETWORK = "wrong_network"
 FAILED_LOGIN_OUTCOMES = (AUTH_FAILED, THROTTLED, LOCKED_OUT, WRONG_NETWORK)
 # A request refused, or a tunnel ended, because the user's traffic quota is used up.
 QUOTA_EXCEEDED = "quota_exceeded"
+# A tunnel ended by `socksauth sessions kill` (the row's killed_by says who asked).
+KILLED = "killed"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -252,10 +256,23 @@ class AuditEntry:
     datagrams_to_client: int = 0
     protocol: str = SOCKS5  # or HTTP: what the client spoke
     requests: int = 0  # HTTP: absolute-form requests forwarded (0 for tunnels)
+    # Interim counts of an open connection: when its byte counts were taken, and the bytes
+    # per second each way since the previous interim. An open entry with ``updated_at``
+    # updates the counts of its row; one without only opens it.
+    updated_at: datetime | None = None
+    rate_from_client: float | None = None
+    rate_to_client: float | None = None
+    # Who asked for a kick (`socksauth sessions kill`): read from the row, never written by
+    # the audit.
+    killed_by: str | None = None
 
     @property
     def is_open(self) -> bool:
         return self.ended_at is None
+
+    @property
+    def is_interim(self) -> bool:
+        return self.ended_at is None and self.updated_at is not None
 
 
 class AuditSink(Protocol):
@@ -404,6 +421,9 @@ class ThrottleStore(Protocol):
     ) -> int:
         """Delete pairs quiet for the window, not locked and not familiar, then the oldest
         beyond ``max_rows``, and events older than an hour; how many pairs went."""
+        ...
+
+
 class TrafficUsage(Protocol):
     """Bytes relayed per user, counted by every node into the database (store/usage.py)."""
 
@@ -427,4 +447,112 @@ class EgressSource(Protocol):
 
     async def egress_entries(self) -> set[str]:
         """Every distinct egress entry of any user."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeRecord:
+    """A node (one process) as it last reported itself; ``alive`` when its heartbeat is
+    recent enough that its open connections count as live."""
+
+    name: str
+    started_at: datetime
+    heartbeat_at: datetime
+    connections: int
+    version: str | None
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionQuery:
+    """Which live sessions: None means "any"."""
+
+    username: str | None = None
+    node: str | None = None
+    limit: int | None = None  # at most this many, the oldest first
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserActivity:
+    """One user now and today, for `socksauth top`: open connections on live nodes, their
+    current rates, bytes of the connections started since ``since``, failed logins."""
+
+    username: str
+    open_connections: int
+    rate_from_client: float
+    rate_to_client: float
+    bytes_from_client: int
+    bytes_to_client: int
+    failed_logins: int
+
+
+class KillRequests(Protocol):
+    """What a node reads to learn which of its connections an administrator kicked."""
+
+    async def kill_requests(self, node: str) -> Mapping[UUID, str]:
+        """Open connections of ``node`` with a kick asked for: id → who asked."""
+        ...
+
+
+class SessionReader(Protocol):
+    """Live sessions and nodes, cluster-wide, for the CLI, `top` and the dashboard."""
+
+    async def live_sessions(self, query: SessionQuery) -> Sequence[AuditEntry]:
+        """Open connections on live nodes, oldest first."""
+        ...
+
+    async def nodes(self) -> Sequence[NodeRecord]:
+        """Every node that has a row, by name."""
+        ...
+
+    async def user_activity(self, since: datetime) -> Sequence[UserActivity]:
+        """Per user: live connections and rates, and totals since ``since``; by username."""
+        ...
+
+    async def request_kill(
+        self,
+        *,
+        by: str,
+        ids: Collection[UUID] = (),
+        username: str | None = None,
+        client_networks: Collection[str] = (),
+    ) -> Sequence[AuditEntry]:
+        """Ask the nodes to end these live connections (``ids``, or those of ``username``,
+        from ``client_networks`` when given); the ones asked for. The nodes hear of it
+        through the change feed."""
+        ...
+
+    async def find_open(self, ids: Collection[UUID]) -> Sequence[AuditEntry]:
+        """Which of ``ids`` are still open rows (on any node)."""
+        ...
+
+    async def traffic(
+        self, since: datetime, until: datetime, bucket_seconds: int
+    ) -> Mapping[str, Sequence[tuple[int, int]]]:
+        """Per user, bytes (from client, to client) in each bucket of [since, until); a
+        connection's bytes are spread evenly over its life (what the audit knows)."""
+        ...
+
+
+class AdminCredentials(Protocol):
+    """Dashboard tokens (stored as SHA-256) and the accounts marked admin."""
+
+    async def add_token(self, name: str, token_hash: str) -> None:
+        """Store a token's hash under ``name``; UserError if the name is taken."""
+        ...
+
+    async def delete_token(self, name: str) -> None:
+        """UserError if there is no token named ``name``."""
+        ...
+
+    async def token_names(self) -> Sequence[tuple[str, datetime]]:
+        """(name, created) of every token, by name."""
+        ...
+
+    async def token_name(self, token_hash: str) -> str | None:
+        """The name of the token with this hash, or None."""
+        ...
+
+    async def set_admin(self, username: str, admin: bool) -> None:
+        """Mark or unmark an account as admin; UserError if there is no such user."""
         ...

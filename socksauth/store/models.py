@@ -17,6 +17,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Uuid,
+    false,
     text,
     true,
 )
@@ -64,6 +65,10 @@ class UserRow(Base):
     quota_period: Mapped[str | None] = mapped_column(String(16), nullable=True)
     client_networks: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     egress: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    # May open the dashboard with HTTP Basic (migration 0007).
+    is_admin: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
 
 
 class RuleRow(Base):
@@ -143,6 +148,16 @@ class AuditRow(Base):
     )
     # HTTP: absolute-form requests forwarded on this connection.
     requests: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    # Interim counts of an open tunnel (migration 0007): when the byte columns were last
+    # updated, and the bytes per second each way over the interval before.
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    rate_from_client: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rate_to_client: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # A kick asked for (`socksauth sessions kill`), and by whom; never written by the audit.
+    kill_requested_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    killed_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class StoreRevisionRow(Base):
@@ -222,3 +237,27 @@ class TrafficUsageRow(Base):
     bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     node: Mapped[str] = mapped_column(String(255), primary_key=True)
     bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class NodeRow(Base):
+    """One running node (process): renewed every few seconds while it runs, deleted at a
+    clean stop; a row not renewed for a while is a node that died (store/nodes.py)."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    connections: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class AdminTokenRow(Base):
+    """A dashboard credential: the SHA-256 (hex) of a random token, never the token."""
+
+    __tablename__ = "admin_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

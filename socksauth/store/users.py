@@ -34,6 +34,7 @@ _COLUMNS = (
     UserRow.quota_period,
     UserRow.client_networks,
     UserRow.egress,
+    UserRow.is_admin,
 )
 
 
@@ -245,4 +246,5 @@ def _record(row: Any) -> UserRecord:
         quota_period=row.quota_period,
         client_networks=_split(row.client_networks),
         egress=_split(row.egress),
+        is_admin=bool(row.is_admin),
     )

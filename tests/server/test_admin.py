@@ -235,7 +235,8 @@ async def test_healthz_readyz_and_what_else_is_refused(
         readyz = await get(f"{served.admin}/readyz")
         assert (readyz.status_code, readyz.text) == (200, "ready\n")
         assert (await get(f"{served.admin}/readyz?verbose=1")).status_code == 200
-        assert (await get(f"{served.admin}/")).status_code == 404
+        # The dashboard needs credentials (tests/server/test_dashboard.py).
+        assert (await get(f"{served.admin}/")).status_code == 401
         assert (await get(f"{served.admin}/metrics/extra")).status_code == 404
         async with httpx.AsyncClient(timeout=10.0) as client:
             posted = await client.post(f"{served.admin}/metrics", content=b"x")
