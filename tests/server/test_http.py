@@ -22,6 +22,7 @@ from e2e import (
     BOB,
     BOB_PASSWORD,
     HTTP_BODY,
+    USERNAME_PASSWORD,
     WAIT_SECONDS,
     EchoServer,
     HttpServer,
@@ -30,6 +31,8 @@ from e2e import (
     TlsFiles,
     assert_serves_a_good_client,
     closed_port,
+    credentials,
+    greeting,
     http_connect,
     make_loopback_certificate,
     raw_connection,
@@ -545,3 +548,22 @@ async def test_behind_a_load_balancer_a_proxy_header_then_a_connect_in_one_write
         assert await read_until_closed(reader) == b""
     (row,) = await entries(proxy)
     assert (row.protocol, row.client_host, row.client_port) == ("http", "203.0.113.7", 40123)
+
+
+async def test_wrong_passwords_over_http_and_socks5_count_in_one_login_throttle(
+    proxy: RunningProxy, echo_server: EchoServer
+) -> None:
+    async def http_attempt() -> None:
+        async with raw_connection(proxy.port) as (reader, writer):
+            writer.write(http_connect(echo_server.host, echo_server.port, password="wrong-1"))
+            assert status_of(await read_http_head(reader)) == 407
+
+    # The throttle's free failures (3 per name and address), spent over HTTP ...
+    for _ in range(3):
+        await http_attempt()
+    # ... so the next wrong RFC 1929 login from the same address waits its back-off (0.5 s).
+    started = time.monotonic()
+    async with raw_connection(proxy.port) as (reader, writer):
+        writer.write(greeting(USERNAME_PASSWORD) + credentials(ALICE, "wrong-2"))
+        assert await read_exactly(reader, 4) == b"\x05\x02\x01\x01"
+    assert time.monotonic() - started >= 0.45
