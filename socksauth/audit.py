@@ -100,11 +100,12 @@ class AuditLog:
         self._closing = False
         # While the database is down: one line when it starts and one when it ends, and
         # writes back off from flush_interval up to retry_max (socksauth/health.py).
+        # The first retry after 2-4 flush intervals (it was 2 before jitter), doubling.
         self.health = Health(
             "audit: writing to the database",
             log,
-            base_seconds=flush_interval_seconds,
-            max_seconds=max(retry_max_seconds, flush_interval_seconds),
+            base_seconds=4 * flush_interval_seconds,
+            max_seconds=max(retry_max_seconds, 4 * flush_interval_seconds),
         )
         self._retry_in = flush_interval_seconds
         self._spill_health = Health(f"audit: writing the spill file {spill_path}", log)

@@ -270,7 +270,9 @@ async def test_sqlite_locked_longer_than_the_busy_timeout_costs_a_few_lines(
     finally:
         await engine.dispose()
     assert len(rows) >= figures["served"] + 1, "audit rows lost"
-    assert figures["served"] >= 10
+    # alice has a connection limit: the first of her logins in the lock, and one per retry of
+    # the leases, waits the busy timeout (5 s) before it is counted in this process only.
+    assert figures["served"] >= 5
     assert lines.tracebacks() == []
     assert len(messages) <= 16, messages
 
