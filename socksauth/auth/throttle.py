@@ -494,8 +494,20 @@ class LoginThrottle:
 
     def _note_username(self, address: str, username: str, now: float) -> None:
         names = self._sprayed.get(address) or {}
-        names.pop(username, None)
+        window = self.settings.window_seconds
+        for name, at in list(names.items()):
+            if now - at >= window:
+                del names[name]
+        new = names.pop(username, None) is None
         names[username] = now
+        if new and len(names) == self.settings.spray_usernames:
+            log.warning(
+                "client %s failed logins for %d usernames within %.0f s: every login from it "
+                "is delayed (spraying)",
+                address,
+                len(names),
+                window,
+            )
         # Enough names to tell a spray; older ones are forgotten first.
         while len(names) > 4 * self.settings.spray_usernames:
             del names[next(iter(names))]

@@ -16,7 +16,18 @@ import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, insert, or_, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -70,16 +81,34 @@ def _in_network(address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Net
 async def clear_pairs(
     conn: AsyncConnection, username: str | None, network: str | None, now: float
 ) -> int:
-    """In ``conn``'s transaction: delete the pairs of ``username`` and/or in ``network`` (None:
-    any) and log a "clear" event that every node applies; how many pairs were deleted."""
-    statement = select(_PAIRS.c.username, _PAIRS.c.address)
+    """In ``conn``'s transaction: forget the failures and lockouts of ``username`` and/or of
+    addresses in ``network`` (None: any), keeping each pair's familiar standing, and log a
+    "clear" event that every node applies; how many pairs had failures or a lockout."""
+    c = _PAIRS.c
+    statement = select(c.username, c.address).where(or_(c.failures > 0, c.locked_until > now))
     if username is not None:
-        statement = statement.where(_PAIRS.c.username == username)
+        statement = statement.where(c.username == username)
     keys = [(row.username, row.address) for row in await conn.execute(statement)]
     if network is not None:
         parsed = ipaddress.ip_network(network, strict=False)
         keys = [key for key in keys if _in_network(key[1], parsed)]
-    await _delete_pairs(conn, keys)
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        await conn.execute(
+            update(_PAIRS)
+            .where(tuple_(c.username, c.address).in_(chunk))
+            .values(
+                failures=0,
+                last_failure_at=0.0,
+                locked_until=0.0,
+                lockouts=0,
+                day_failures=0,
+                recent="",
+            )
+        )
+        await conn.execute(
+            delete(_PAIRS).where(tuple_(c.username, c.address).in_(chunk), c.familiar_at <= 0)
+        )
     await conn.execute(
         insert(_EVENTS).values(kind="clear", username=username, network=network, created_at=now)
     )

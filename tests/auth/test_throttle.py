@@ -199,13 +199,19 @@ def test_failures_from_elsewhere_never_lock_the_owner_out_of_a_familiar_address(
 
 
 def test_an_address_failing_for_ten_usernames_is_delayed_as_a_whole(
-    throttle: LoginThrottle, clock: FakeClock
+    throttle: LoginThrottle, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     throttle.succeeded(ATTACKER, "carol")  # carol logs in from there regularly
     for index in range(9):
         fail(throttle, ATTACKER, f"user{index}")
     assert throttle.admit(ATTACKER, "bob") == ADMIT
-    fail(throttle, ATTACKER, "user9")
+    with caplog.at_level(logging.WARNING, "socksauth.throttle"):
+        fail(throttle, ATTACKER, "user9")
+        fail(throttle, ATTACKER, "user9")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"client {ATTACKER} failed logins for 10 usernames within 900 s: every login from it "
+        "is delayed (spraying)"
+    ]
     assert throttle.admit(ATTACKER, "bob").delay_seconds == 0.5
     fail(throttle, ATTACKER, "user10")
     fail(throttle, ATTACKER, "user11")

@@ -107,3 +107,21 @@ async def test_purge_drops_quiet_rows_and_caps_the_rest(engine: AsyncEngine) -> 
 async def test_every_node_gets_the_same_key(engine: AsyncEngine) -> None:
     keys = await asyncio.gather(*(SqlThrottleStore(engine).secret() for _ in range(5)))
     assert len(set(keys)) == 1 and len(keys[0]) == 32
+
+
+async def test_clear_keeps_the_familiar_standing_and_a_success_resets_the_pair(
+    engine: AsyncEngine,
+) -> None:
+    store, now = SqlThrottleStore(engine), time.time()
+    success = ThrottleUpdate(
+        pair=update("alice", "192.0.2.1", 0, now, familiar_at=now).pair, succeeded=True
+    )
+    await store.record([success], now, WINDOW)
+    await store.record([update("alice", "192.0.2.1", 12, now, locked_until=now + 60)], now, WINDOW)
+    assert await store.clear("alice", None) == 1
+    (pair,) = await store.pairs({("alice", "192.0.2.1")})
+    assert (pair.failures, pair.locked_until, pair.familiar_at) == (0, 0.0, now)
+    assert await store.active(now, WINDOW) == []
+    await store.record([update("alice", "192.0.2.1", 4, now)], now, WINDOW)
+    (pair,) = await store.record([success], now, WINDOW)
+    assert (pair.failures, pair.recent, pair.familiar_at) == (0, (), now)
