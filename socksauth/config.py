@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import zoneinfo
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ class ListenAddress:
 
     def admits(self, host: str) -> bool:
         """Whether a client at ``host`` may connect to this listener."""
-        return not self.clients or _in_networks(host, self.clients)
+        return not self.clients or in_networks(host, self.clients)
 
 
 def parse_listen(text: str) -> ListenAddress:
@@ -138,7 +138,7 @@ class ThrottleSettings:
             raise ConfigError("login_max_lockout_seconds: must be at least the lockout")
 
     def is_exempt(self, host: str) -> bool:
-        return _in_networks(host, self.exempt_networks)
+        return in_networks(host, self.exempt_networks)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -381,10 +381,12 @@ class Settings:
 
     def is_load_balancer(self, host: str) -> bool:
         """Whether a peer at ``host`` must open with a PROXY protocol header."""
-        return _in_networks(host, self.proxy_protocol_networks)
+        return in_networks(host, self.proxy_protocol_networks)
 
 
-def _in_networks(host: str, networks: tuple[IPNetwork, ...]) -> bool:
+def in_networks(host: str, networks: Sequence[IPNetwork]) -> bool:
+    """Whether the client address ``host`` (a zone index dropped, IPv4-mapped IPv6 as IPv4)
+    lies in one of ``networks``; False for anything that is not an IP address."""
     try:
         address = ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
@@ -392,3 +394,14 @@ def _in_networks(host: str, networks: tuple[IPNetwork, ...]) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in network for network in networks)
+
+
+def key_in_network(key: str, network: IPNetwork) -> bool:
+    """Whether a throttle address key (an IPv4 address, or an IPv6 /64 written as a network)
+    lies in ``network``; an IPv6 key overlaps it."""
+    try:
+        if "/" in key:
+            return ipaddress.ip_network(key).overlaps(network)
+        return ipaddress.ip_address(key) in network
+    except (ValueError, TypeError):
+        return False

@@ -23,6 +23,7 @@ from socksauth.auth import passwords
 from socksauth.auth.accounts import validate_username
 from socksauth.auth.cache import VerificationCache
 from socksauth.auth.throttle import Failure, LoginThrottle
+from socksauth.config import in_networks
 from socksauth.errors import DatabaseError, StoreUnavailable, UserError
 from socksauth.health import Health, Tally, describe
 from socksauth.logs import get_logger
@@ -276,13 +277,7 @@ def _networks(
 
 def _from(client_host: str, texts: tuple[str, ...]) -> bool:
     """Whether ``client_host`` (the client behind any PROXY header) is in one of ``texts``."""
-    try:
-        address = ipaddress.ip_address(client_host.partition("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in _networks(texts))
+    return in_networks(client_host, _networks(texts))
 
 
 def _could_be_account(username: str) -> bool:

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from socksauth.config import IPNetwork, ThrottleSettings
+from socksauth.config import IPNetwork, ThrottleSettings, key_in_network
 from socksauth.logs import get_logger
 
 __all__ = ["Admission", "LoginThrottle", "PairChange", "ThrottleSettings", "address_key"]
@@ -162,16 +162,6 @@ def address_key(host: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
-
-
-def _address_in(address: str, network: IPNetwork) -> bool:
-    """Whether an address_key() lies in ``network`` (an IPv6 key is a /64: it overlaps)."""
-    try:
-        if "/" in address:
-            return ipaddress.ip_network(address).overlaps(network)
-        return ipaddress.ip_address(address) in network
-    except (ValueError, TypeError):
-        return False
 
 
 K = TypeVar("K")
@@ -364,18 +354,18 @@ class LoginThrottle:
             name, address = key
             if username is not None and name != username:
                 continue
-            if network is not None and not _address_in(address, network):
+            if network is not None and not key_in_network(address, network):
                 continue
             del self._pairs[key]
             self._locked.pop((name, address), None)
             cleared += 1
         if username is None:
             for address in list(self._sprayed):
-                if network is None or _address_in(address, network):
+                if network is None or key_in_network(address, network):
                     del self._sprayed[address]
         else:
             for address, names in list(self._sprayed.items()):
-                if network is None or _address_in(address, network):
+                if network is None or key_in_network(address, network):
                     names.pop(username, None)
         self.observer.locked_now(self._locked_count(self._clock()))
         return cleared

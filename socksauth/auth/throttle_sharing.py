@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from socksauth.auth.throttle import DAY_SECONDS, LoginThrottle, PairChange, PairState
+from socksauth.config import key_in_network
 from socksauth.logs import get_logger
 from socksauth.store.interfaces import ThrottlePair, ThrottleStore, ThrottleUpdate
 
@@ -282,7 +283,7 @@ class SharedThrottle:
         for key in list(self._pending):
             if username is not None and key[0] != username:
                 continue
-            if parsed is not None and not _in(key[1], parsed):
+            if parsed is not None and not key_in_network(key[1], parsed):
                 continue
             del self._pending[key]
         if cleared:
@@ -307,11 +308,3 @@ class SharedThrottle:
             self._throttle.observer.store_error()
             log.debug("login throttle: purge failed: %s", error)
 
-
-def _in(address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    try:
-        if "/" in address:
-            return ipaddress.ip_network(address).overlaps(network)
-        return ipaddress.ip_address(address) in network
-    except ValueError:
-        return False

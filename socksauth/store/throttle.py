@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from socksauth.config import key_in_network
 from socksauth.store.interfaces import ThrottleEvent, ThrottlePair, ThrottleUpdate
 from socksauth.store.models import LoginThrottleEventRow, LoginThrottleKeyRow, LoginThrottleRow
 
@@ -69,14 +70,6 @@ def _pair(row: Any) -> ThrottlePair:
     )
 
 
-def _in_network(address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    try:
-        if "/" in address:
-            return ipaddress.ip_network(address).overlaps(network)
-        return ipaddress.ip_address(address) in network
-    except ValueError:
-        return False
-
 
 async def clear_pairs(
     conn: AsyncConnection, username: str | None, network: str | None, now: float
@@ -91,7 +84,7 @@ async def clear_pairs(
     keys = [(row.username, row.address) for row in await conn.execute(statement)]
     if network is not None:
         parsed = ipaddress.ip_network(network, strict=False)
-        keys = [key for key in keys if _in_network(key[1], parsed)]
+        keys = [key for key in keys if key_in_network(key[1], parsed)]
     for start in range(0, len(keys), 500):
         chunk = keys[start : start + 500]
         await conn.execute(
