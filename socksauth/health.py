@@ -183,3 +183,10 @@ class Tally:
         if self._pending:
             self._log.warning(self._message, self._pending, self._interval, self._last_cause)
             self._pending = 0
+
+
+async def stop_task(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background loop and wait until it has stopped (whatever it raised)."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -25,7 +25,7 @@ from socksauth.auth.cache import VerificationCache
 from socksauth.auth.throttle import Failure, LoginThrottle
 from socksauth.config import in_networks
 from socksauth.errors import DatabaseError, StoreUnavailable, UserError
-from socksauth.health import Health, Tally, describe
+from socksauth.health import Health, Tally, describe, stop_task
 from socksauth.logs import get_logger
 from socksauth.store.interfaces import UserLookup, UserRecord
 
@@ -91,9 +91,7 @@ class LoginRecorder:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
         try:
             await self.flush()
         except Exception as error:

@@ -30,6 +30,7 @@ from types import TracebackType
 
 from socksauth.auth.throttle import DAY_SECONDS, LoginThrottle, PairChange, PairState
 from socksauth.config import key_in_network
+from socksauth.health import stop_task
 from socksauth.logs import get_logger
 from socksauth.store.interfaces import ThrottlePair, ThrottleStore, ThrottleUpdate
 
@@ -111,9 +112,7 @@ class SharedThrottle:
         traceback: TracebackType | None,
     ) -> None:
         self._throttle.on_change = None
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
         with contextlib.suppress(Exception):
             await self.flush()
 

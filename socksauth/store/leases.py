@@ -30,7 +30,7 @@ from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from socksauth.health import Health, describe
+from socksauth.health import Health, describe, stop_task
 from socksauth.logs import get_logger
 from socksauth.store.models import ConnectionLeaseRow, UserRow
 
@@ -196,9 +196,7 @@ class SqlConnectionLeases:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
         try:
             await self.clear()
         except Exception as error:

@@ -10,7 +10,6 @@ counting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
@@ -20,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from socksauth import __version__
+from socksauth.health import stop_task
 from socksauth.logs import get_logger
 from socksauth.store.models import NodeRow
 
@@ -92,10 +92,7 @@ class SqlNodeHeartbeat:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(delete(NodeRow).where(NodeRow.name == self._node))
