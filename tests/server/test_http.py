@@ -553,14 +553,15 @@ async def test_behind_a_load_balancer_a_proxy_header_then_a_connect_in_one_write
 async def test_wrong_passwords_over_http_and_socks5_count_in_one_login_throttle(
     proxy: RunningProxy, echo_server: EchoServer
 ) -> None:
-    async def http_attempt() -> None:
+    async def http_attempt(password: str) -> None:
         async with raw_connection(proxy.port) as (reader, writer):
-            writer.write(http_connect(echo_server.host, echo_server.port, password="wrong-1"))
+            writer.write(http_connect(echo_server.host, echo_server.port, password=password))
             assert status_of(await read_http_head(reader)) == 407
 
-    # The throttle's free failures (3 per name and address), spent over HTTP ...
-    for _ in range(3):
-        await http_attempt()
+    # The throttle's free failures (3 per name and address), spent over HTTP with three
+    # different wrong passwords (a repeat of a recent wrong one is not counted again) ...
+    for index in range(3):
+        await http_attempt(f"wrong-{index}")
     # ... so the next wrong RFC 1929 login from the same address waits its back-off (0.5 s).
     started = time.monotonic()
     async with raw_connection(proxy.port) as (reader, writer):
