@@ -37,6 +37,10 @@ from socksauth.store.interfaces import (
 
 log = get_logger("access")
 
+# How long a login waits for the store's change counter before it trusts cached accounts
+# anyway (ensure_current): far above a healthy read (a millisecond), far below a deadline.
+ENSURE_CURRENT_SECONDS = 0.25
+
 
 def policy_rules(records: Iterable[RuleRecord]) -> list[Rule]:
     """The stored rules as policy rules; a row that no longer parses is skipped and logged
@@ -140,6 +144,7 @@ class Access:
         self.kills = kills
         self._revision: int | None = None
         self._checking: asyncio.Task[bool] | None = None
+        self._checking_since = 0.0
         self._own_endpoints: tuple[tuple[str, int], ...] = ()
         self._other_endpoints: tuple[tuple[str, int], ...] = ()
 
@@ -226,14 +231,18 @@ class Access:
         # One turn of the loop first: a notification already in the socket's buffer
         # (PostgreSQL) is read before this login is decided.
         await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
         if self._checking is None and self.changes.maybe_changed():
-            self._checking = asyncio.get_running_loop().create_task(
-                self.check_changes(), name="check-changes"
-            )
+            self._checking = loop.create_task(self.check_changes(), name="check-changes")
+            self._checking_since = loop.time()
             self._checking.add_done_callback(self._checked)
         if self._checking is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._checking)
+            # Bounded: a database that does not answer (an outage, SQLite's lock held
+            # elsewhere) must not hold logins up; they go on with the cached accounts.
+            wait = self._checking_since + ENSURE_CURRENT_SECONDS - loop.time()
+            if wait > 0:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(self._checking), wait)
 
     def _checked(self, task: asyncio.Task[bool]) -> None:
         if self._checking is task:
