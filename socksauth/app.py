@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from socksauth import logs, metrics
 from socksauth.audit import AuditLog
 from socksauth.auth import passwords
@@ -86,34 +88,39 @@ T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
-async def open_user_store(database_url: str) -> AsyncIterator[UserStore]:
-    """A user store on a schema that is current, for the CLI's account commands."""
+async def current_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a database whose schema is current (SchemaOutOfDate otherwise): what
+    every CLI command and the supervisor's start-up check open."""
     async with connected(database_url) as engine:
         await migrate.ensure_current(engine)
+        yield engine
+
+
+@contextlib.asynccontextmanager
+async def open_user_store(database_url: str) -> AsyncIterator[UserStore]:
+    """A user store on a schema that is current, for the CLI's account commands."""
+    async with current_engine(database_url) as engine:
         yield SqlUserStore(engine)
 
 
 @contextlib.asynccontextmanager
 async def open_rule_store(database_url: str) -> AsyncIterator[RuleStore]:
     """The destination rules on a schema that is current, for `socksauth rule`."""
-    async with connected(database_url) as engine:
-        await migrate.ensure_current(engine)
+    async with current_engine(database_url) as engine:
         yield SqlRuleStore(engine)
 
 
 @contextlib.asynccontextmanager
 async def open_audit_reader(database_url: str) -> AsyncIterator[AuditReader]:
     """The audit on a schema that is current, for `socksauth audit` and `socksauth stats`."""
-    async with connected(database_url) as engine:
-        await migrate.ensure_current(engine)
+    async with current_engine(database_url) as engine:
         yield SqlAuditStore(engine)
 
 
 @contextlib.asynccontextmanager
 async def open_throttle_store(database_url: str) -> AsyncIterator[ThrottleStore]:
     """The login throttle's shared state on a current schema, for `socksauth throttle`."""
-    async with connected(database_url) as engine:
-        await migrate.ensure_current(engine)
+    async with current_engine(database_url) as engine:
         yield SqlThrottleStore(engine)
 
 
@@ -123,8 +130,7 @@ async def quota_report(database_url: str, zone_name: str) -> dict[str, QuotaStat
         zone = zoneinfo.ZoneInfo(zone_name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"quota_time_zone: {zone_name!r} is not a known time zone") from None
-    async with connected(database_url) as engine:
-        await migrate.ensure_current(engine)
+    async with current_engine(database_url) as engine:
         users = await SqlUserStore(engine).list_users()
         return await quota_statuses(users, SqlTrafficUsage(engine), datetime.now(UTC), zone)
 
@@ -133,16 +139,14 @@ async def quota_report(database_url: str, zone_name: str) -> dict[str, QuotaStat
 async def open_session_reader(database_url: str) -> AsyncIterator[SessionReader]:
     """Live sessions and nodes of every node on the database, for `socksauth sessions`,
     `socksauth top` and kicks."""
-    async with connected(database_url) as engine:
-        await migrate.ensure_current(engine)
+    async with current_engine(database_url) as engine:
         yield SqlSessionStore(engine)
 
 
 @contextlib.asynccontextmanager
 async def open_admin_credentials(database_url: str) -> AsyncIterator[AdminCredentials]:
     """Dashboard tokens and admin accounts, for `socksauth admin`."""
-    async with connected(database_url) as engine:
-        await migrate.ensure_current(engine)
+    async with current_engine(database_url) as engine:
         yield SqlAdminCredentials(engine)
 
 
@@ -802,5 +806,5 @@ def _worker_settings(reload_settings: Callable[[], Settings], index: int, worker
 
 
 async def _check_database(database_url: str) -> None:
-    async with connected(database_url) as engine:
-        await migrate.ensure_current(engine)
+    async with current_engine(database_url):
+        pass
