@@ -537,6 +537,11 @@ class ClientConnection:
     def end(self, reason: str) -> None:
         """End this client's tunnel, association or binding now (revoked account)."""
         self._revoked = reason
+        self._close_now()
+
+    def _close_now(self) -> None:
+        """Close the tunnel, association, binding or HTTP forwarding at once (the reason is
+        the caller's to record)."""
         if self.relay is not None:
             self.relay.close(CloseReason.SHUTDOWN)
         elif self._transport is not None:
@@ -568,10 +573,7 @@ class ClientConnection:
         if self._killed_by is None:
             log.info("%s: killed by %s", self.record.client if self.record else "-", by)
         self._killed_by = by
-        if self.relay is not None:
-            self.relay.close(CloseReason.SHUTDOWN)
-        elif self._transport is not None:
-            self._transport.abort()
+        self._close_now()
 
     async def _next_event(self) -> ClientEvent:
         while True:
