@@ -21,6 +21,7 @@ from sqlalchemy import Table, case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from socksauth.config import in_networks
 from socksauth.errors import UserError
 from socksauth.store.audit import _entry
 from socksauth.store.changes import CHANNEL
@@ -178,7 +179,11 @@ class SqlSessionStore:
         with database_errors():
             async with self._engine.begin() as conn:
                 rows = (await conn.execute(select(_AUDIT).where(*conditions))).all()
-                chosen = [_entry(row) for row in rows if _in_networks(row.client_host, networks)]
+                chosen = [
+                    _entry(row)
+                    for row in rows
+                    if not networks or in_networks(row.client_host, networks)
+                ]
                 if chosen:
                     await conn.execute(
                         update(AuditRow)
@@ -278,16 +283,6 @@ def _spread(values: list[list[float]], row: Any, since: datetime, bucket_seconds
         if share > 0:
             values[index][0] += row.bytes_from_client * share
             values[index][1] += row.bytes_to_client * share
-
-
-def _in_networks(host: str, networks: Sequence[Any]) -> bool:
-    if not networks:
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(address.version == n.version and address in n for n in networks)
 
 
 async def _announce(conn: AsyncConnection) -> None:
