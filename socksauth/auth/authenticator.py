@@ -4,7 +4,8 @@ Unknown, disabled and expired users cost the same as a wrong password: the hash 
 verified is then a dummy one with the same parameters, and every failure gets the same answer.
 Failures are throttled per (username, client address) pair (auth/throttle.py): delayed, then
 locked out, each refusal answered as a wrong password; at most ``max_concurrent``
-verifications run at once (argon2 takes 19 MiB each), the rest wait.
+verifications run at once (argon2 takes 19 MiB each), the rest wait their address's turn
+(auth/verifier.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from socksauth.auth import passwords
 from socksauth.auth.accounts import validate_username
 from socksauth.auth.cache import VerificationCache
 from socksauth.auth.throttle import Failure, LoginThrottle
+from socksauth.auth.verifier import Verifier
 from socksauth.config import in_networks
 from socksauth.errors import DatabaseError, StoreUnavailable, UserError
 from socksauth.health import Health, Tally, describe, stop_task
@@ -141,7 +143,7 @@ class Authenticator:
         self._logins = logins
         self._cache = cache if cache is not None else VerificationCache()
         self._throttle = throttle if throttle is not None else LoginThrottle()
-        self._verifying = asyncio.Semaphore(max_concurrent)
+        self._verifier = Verifier(executor, max_concurrent, self._throttle.locked)
         self._clock = clock
         self._dummy_hash: str | None = None
         # Logins refused because the account could not be looked up: a line a minute.
@@ -218,11 +220,10 @@ class Authenticator:
             throttle.succeeded(client_host, username)
             self._logins.record(user.username)
             return LoginResult(user, delay_seconds=delay)
-        loop = asyncio.get_running_loop()
-        async with self._verifying:
-            matches = await loop.run_in_executor(
-                self._executor, passwords.verify_password, password, stored_hash
-            )
+        matches = await self._verifier.verify(password, stored_hash, client_host, username)
+        if matches is None:
+            # Locked out by the failures verified while this attempt waited for its turn.
+            return LoginResult(None, LoginRefusal.LOCKED_OUT, delay)
         if not (matches and usable and user is not None and allowed_here):
             if user is None:
                 reason = Failure.UNKNOWN_USER
@@ -238,7 +239,7 @@ class Authenticator:
             return LoginResult(None, refusal, delay, wrong_network=wrong_network)
         throttle.succeeded(client_host, username)
         if passwords.needs_rehash(stored_hash):
-            stored_hash = await self._rehash(user, password, loop)
+            stored_hash = await self._rehash(user, password, asyncio.get_running_loop())
         self._cache.add(username, stored_hash, password)
         self._logins.record(user.username)
         return LoginResult(user, delay_seconds=delay)

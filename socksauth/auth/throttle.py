@@ -231,6 +231,18 @@ class LoginThrottle:
             delay = max(delay, self._spray_delay(address, now))
         return Admission(delay_seconds=delay) if delay else ADMIT
 
+    def locked(self, client_host: str, username: str) -> bool:
+        """Whether the pair is locked out now (an attempt that waited its turn asks again:
+        the failures ahead of it may have locked it); counted as admit() counts a lockout."""
+        if not self.settings.enabled:
+            return False
+        now = self._clock()
+        pair = self._pair(username, address_key(client_host), now)
+        if pair is not None and pair.locked_until > now:
+            self.observer.failed(Failure.LOCKED_OUT)
+            return True
+        return False
+
     def hold(self, client_host: str) -> bool:
         """Take one of the address's delay slots; False (and counted) when all are taken."""
         address = address_key(client_host)

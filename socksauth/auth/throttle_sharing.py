@@ -310,4 +310,3 @@ class SharedThrottle:
         except Exception as error:
             self._throttle.observer.store_error()
             log.debug("login throttle: purge failed: %s", error)
-

@@ -56,9 +56,7 @@ async def test_a_change_reported_while_a_query_runs_is_not_cached_over(
     await asyncio.sleep(0)
     cache.invalidate()
     async with engine.begin() as conn:
-        await conn.execute(
-            update(UserRow).where(UserRow.username == "alice").values(enabled=False)
-        )
+        await conn.execute(update(UserRow).where(UserRow.username == "alice").values(enabled=False))
     await lookup
     assert len(cache) == 0
     now = await cache.get_user("alice")

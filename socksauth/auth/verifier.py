@@ -1,0 +1,163 @@
+"""Verifier: password verifications off the event loop, a few at once, fair between addresses.
+
+An argon2 verification costs tens of milliseconds of a core and ~19 MiB, so only as many run at
+once as there are verification threads; the rest wait here. Two rules decide who waits:
+
+- Turns go to client addresses in rotation (IPv6 by /64, as the throttle counts them), not in
+  arrival order: a crawler that opens 500 connections with cold logins, or an attacker's
+  flood of guesses, delays its own attempts, while one login from another address waits for
+  at most one verification per address ahead of it.
+- Identical attempts share one verification: the same address, user, stored hash and password
+  in flight at once (a crawler's pool opening its connections with one password, before the
+  first has been verified and cached) wait for the one verification instead of each queuing
+  its own. The result is the same for all of them, so nothing is learnt from sharing.
+
+When its turn comes, an attempt is verified only if its (user, address) pair is not locked out
+meanwhile (``locked``): attempts that queued behind a lockout's failures are refused without
+spending the CPU, just as they would be had they arrived a moment later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import hmac
+import secrets
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from socksauth.auth import passwords
+from socksauth.auth.throttle import address_key
+
+
+class FairTurns:
+    """At most ``limit`` holders at once; waiters are served one address at a time in turn.
+
+    Used as ``await acquire(address)`` … ``release()``. A waiter cancelled while queued leaves
+    the queue; one cancelled just after its turn was given passes the turn on.
+    """
+
+    __slots__ = ("_free", "_waiting")
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        # Addresses with waiters, in the order they get the next free turn.
+        self._waiting: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
+
+    async def acquire(self, address: str) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(address, deque()).append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # given, then cancelled before it could be used
+            else:
+                queue = self._waiting.get(address)
+                if queue is not None:
+                    queue.remove(turn)
+                    if not queue:
+                        del self._waiting[address]
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            address, queue = next(iter(self._waiting.items()))
+            turn = queue.popleft()
+            if queue:
+                self._waiting.move_to_end(address)
+            else:
+                del self._waiting[address]
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._free += 1
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(queue) for queue in self._waiting.values())
+
+
+class _Flight:
+    """One verification in progress and how many attempts wait for its answer."""
+
+    __slots__ = ("task", "waiters")
+
+    def __init__(self, task: asyncio.Task[bool | None]) -> None:
+        self.task = task
+        self.waiters = 0
+
+
+class Verifier:
+    """``verify()`` runs passwords.verify_password in ``executor``, ``threads`` at once."""
+
+    def __init__(
+        self, executor: Executor, threads: int, locked: Callable[[str, str], bool]
+    ) -> None:
+        """``locked(client_host, username)``: whether that pair is locked out now."""
+        self._executor = executor
+        self._turns = FairTurns(threads)
+        self._locked = locked
+        self._flights: dict[bytes, _Flight] = {}
+        # Flights are keyed by a digest, so no password sits in the table as a key.
+        self._secret = secrets.token_bytes(32)
+
+    async def verify(
+        self, password: str, stored_hash: str, client_host: str, username: str
+    ) -> bool | None:
+        """Whether ``password`` matches ``stored_hash``; None: not verified, because the pair
+        was locked out while the attempt waited for its turn."""
+        address = address_key(client_host)
+        key = self._flight_key(address, username, stored_hash, password)
+        flight = self._flights.get(key)
+        if flight is None or flight.task.done() or flight.task.cancelling():
+            verification = self._in_turn(password, stored_hash, client_host, username)
+            flight = self._flights[key] = _Flight(asyncio.ensure_future(verification))
+            flight.task.add_done_callback(functools.partial(self._landed, key, flight))
+        flight.waiters += 1
+        try:
+            # Shielded: one waiter's deadline must not cancel the others' verification.
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if not flight.waiters and not flight.task.done():
+                # Every attempt gave up (deadline, client gone) while it still waited for a
+                # turn: nobody wants this verification any more.
+                flight.task.cancel()
+
+    async def _in_turn(
+        self, password: str, stored_hash: str, client_host: str, username: str
+    ) -> bool | None:
+        await self._turns.acquire(address_key(client_host))
+        try:
+            if self._locked(client_host, username):
+                return None
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, passwords.verify_password, password, stored_hash
+            )
+        finally:
+            self._turns.release()
+
+    def _landed(self, key: bytes, flight: _Flight, task: object) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.task.cancelled():
+            flight.task.exception()  # retrieved here: every waiter may be gone
+
+    def _flight_key(self, address: str, username: str, stored_hash: str, password: str) -> bytes:
+        message = b"\0".join(
+            part.encode("utf-8", "surrogateescape")
+            for part in (address, username, stored_hash, password)
+        )
+        return hmac.digest(self._secret, message, hashlib.sha256)
+
+    @property
+    def waiting(self) -> int:
+        """Attempts waiting for a verification turn."""
+        return self._turns.waiting
