@@ -96,23 +96,32 @@ def escaped_message(record: logging.LogRecord) -> str:
         return escape(f"{record.msg} {record.args!r}")
 
 
-def _escaped_record(record: logging.LogRecord) -> logging.LogRecord:
-    """A copy of ``record`` whose message is already formatted and escaped (the handler's
-    other formatters and filters still see the original)."""
-    copy = logging.makeLogRecord(vars(record))
-    copy.msg = escaped_message(record)
-    copy.args = None
-    return copy
-
-
 class TextFormatter(logging.Formatter):
-    """``TIME LEVEL LOGGER: MESSAGE``, the message escaped (escaped_message())."""
+    """``TIME LEVEL LOGGER: MESSAGE``, the message escaped (escaped_message()).
+
+    Formatted by hand rather than through a format string and a copy of the record: a
+    connection's line is logged on every close, so what a line costs is paid per connection.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        self._second = -1
+        self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(_escaped_record(record))
+        record.message = escaped_message(record)
+        second = int(record.created)
+        if second != self._second:
+            # One strftime a second, not one a line (the format has no sub-second part).
+            self._second, self._stamp = second, self.formatTime(record, self.datefmt)
+        line = f"{self._stamp} {record.levelname} {record.name}: {record.message}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line = f"{line}\n{record.exc_text}"
+        if record.stack_info:
+            line = f"{line}\n{self.formatStack(record.stack_info)}"
+        return line
 
 
 class JsonFormatter(logging.Formatter):
@@ -146,6 +155,12 @@ def configure(level: str = "INFO", log_format: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(TextFormatter())
+    # Neither format shows the caller's file and line, the thread or the process: logging
+    # would otherwise walk the stack and call getpid() for every record.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger(LOGGER_NAME)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
