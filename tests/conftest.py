@@ -1,4 +1,5 @@
-"""Databases for tests: a temporary SQLite file, and a fresh PostgreSQL database per test."""
+"""Databases for tests (a temporary SQLite file, a fresh PostgreSQL database per test), and,
+through ``pytest_plugins``, the loopback targets and running proxies of tests/e2e.py."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ POSTGRES_URL_VARIABLE = "SOCKSAUTH_TEST_DATABASE_URL"
 # CI sets this to 1: no PostgreSQL must then fail the run instead of skipping half of it.
 REQUIRE_POSTGRES_VARIABLE = "SOCKSAUTH_REQUIRE_POSTGRES"
 LOCAL_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+
+# Registered here, in the root conftest (pytest refuses pytest_plugins in any other), so that
+# every test module sees the fixtures of e2e.py without importing them by name.
+pytest_plugins = ["e2e"]
 
 
 def _unavailable(reason: str) -> None:

@@ -1,7 +1,7 @@
 """End-to-end pieces: loopback targets (echo, HTTP), a running proxy with users, a raw client.
 
-Everything listens on 127.0.0.1 (or ::1) port 0 and talks to loopback only. Shared by
-tests/server, tests/interop and tests/cli; their conftest.py files import the fixtures.
+Everything listens on 127.0.0.1 (or ::1) port 0 and talks to loopback only. Shared by the
+test modules: tests/conftest.py registers this module as a plugin, so its fixtures need no import.
 """
 
 from __future__ import annotations
@@ -322,7 +322,7 @@ async def running_two_workers(database_url: str, *options: str) -> AsyncIterator
         drain.cancel()
 
 
-# --- fixtures (imported by the conftest.py files that use them) --------------------------------
+# --- fixtures (every test's, through pytest_plugins in tests/conftest.py) ---------------------
 
 
 @pytest.fixture

@@ -32,14 +32,12 @@ from e2e import (
     EchoServer,
     allow_loopback_targets,
     credentials,
-    echo_server,  # noqa: F401  (fixture)
     eventually,
     greeting,
     read_exactly,
     read_reply,
     read_until_closed,
     request,
-    user_store,  # noqa: F401  (fixture)
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -282,7 +280,7 @@ def scratch() -> Iterator[Path]:
 async def cluster(
     database_url: str,
     engine: AsyncEngine,
-    user_store: SqlUserStore,  # noqa: F811  (alice, on the migrated database)
+    user_store: SqlUserStore,  # alice, on the migrated database
     scratch: Path,
 ) -> AsyncIterator[Cluster]:
     binary = _haproxy()
@@ -393,7 +391,7 @@ async def audited(cluster: Cluster, client_port: int) -> AuditEntry:
 
 async def test_clients_reach_targets_through_both_nodes_and_the_audit_has_their_address(
     cluster: Cluster,
-    echo_server: EchoServer,  # noqa: F811
+    echo_server: EchoServer,
 ) -> None:
     port = cluster.haproxy.balanced_port
     async with client(port) as (reader1, writer1):
@@ -419,7 +417,7 @@ async def test_clients_reach_targets_through_both_nodes_and_the_audit_has_their_
 
 async def test_a_password_changed_on_one_node_is_enforced_by_the_other_within_2_s(
     cluster: Cluster,
-    echo_server: EchoServer,  # noqa: F811
+    echo_server: EchoServer,
 ) -> None:
     via_b = cluster.haproxy.port_to["node-b"]
     async with client(via_b) as (reader, writer):
@@ -460,7 +458,7 @@ async def test_a_password_changed_on_one_node_is_enforced_by_the_other_within_2_
 
 async def test_sigterm_lets_a_node_finish_its_open_tunnels_within_the_grace_period(
     cluster: Cluster,
-    echo_server: EchoServer,  # noqa: F811
+    echo_server: EchoServer,
 ) -> None:
     via_a = cluster.haproxy.port_to["node-a"]
     async with client(via_a) as (reader, writer):

@@ -24,7 +24,6 @@ from e2e import (
     allow_loopback_targets,
     assert_serves_a_good_client,
     credentials,
-    echo_server,  # noqa: F401  (fixture)
     eventually,
     greeting,
     open_tunnel,
@@ -32,7 +31,6 @@ from e2e import (
     read_reply,
     read_until_closed,
     request,
-    user_store,  # noqa: F401  (fixture)
     with_timeout,
     worker_pids,
 )
@@ -161,8 +159,8 @@ async def serving(database_url: str, **overrides: Any) -> AsyncIterator[Serving]
 
 async def test_a_stop_refuses_new_clients_and_waits_for_open_tunnels_to_end(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
 ) -> None:
     async with serving(database_url, shutdown_grace_seconds=30.0) as running:
         reader, writer, reply = await open_tunnel(running.port, echo_server.host, echo_server.port)
@@ -180,8 +178,8 @@ async def test_a_stop_refuses_new_clients_and_waits_for_open_tunnels_to_end(
 
 async def test_tunnels_still_open_when_the_grace_period_ends_are_closed_and_audited(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
 ) -> None:
     async with serving(database_url, shutdown_grace_seconds=0.5) as running:
         reader, writer, reply = await open_tunnel(running.port, echo_server.host, echo_server.port)
@@ -199,8 +197,8 @@ async def test_tunnels_still_open_when_the_grace_period_ends_are_closed_and_audi
 
 async def test_a_client_in_the_handshake_finishes_it_and_its_tunnel_gets_the_grace_period(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
 ) -> None:
     async with serving(database_url, shutdown_grace_seconds=30.0) as running:
         reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
@@ -222,8 +220,8 @@ async def test_a_client_in_the_handshake_finishes_it_and_its_tunnel_gets_the_gra
 
 async def test_a_handshake_under_way_is_finished_even_without_a_grace_period(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
 ) -> None:
     async with serving(database_url, shutdown_grace_seconds=0.0) as running:
         reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
@@ -260,8 +258,8 @@ async def running(database_url: str, **overrides: Any) -> AsyncIterator[ProxySer
 @pytest.mark.usefixtures("proxy_logs")
 async def test_a_reload_opens_and_closes_listeners_while_an_established_tunnel_relays(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
 ) -> None:
     async with running(database_url) as server:
         old_port = server.bound[0].port
@@ -283,8 +281,8 @@ async def test_a_reload_opens_and_closes_listeners_while_an_established_tunnel_r
 @pytest.mark.usefixtures("proxy_logs")
 async def test_a_reload_applies_limits_and_the_log_level_to_the_next_clients(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
 ) -> None:
     async with running(database_url) as server:
         port = server.bound[0].port
@@ -310,8 +308,8 @@ async def test_a_reload_applies_limits_and_the_log_level_to_the_next_clients(
 @pytest.mark.usefixtures("proxy_logs")
 async def test_an_invalid_reload_keeps_the_settings_in_force(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with running(database_url) as server:
@@ -339,7 +337,7 @@ async def test_an_invalid_reload_keeps_the_settings_in_force(
 @pytest.mark.usefixtures("proxy_logs")
 async def test_settings_that_need_a_restart_are_kept_and_named(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
+    user_store: SqlUserStore,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with running(database_url, node_name="node-a") as server:
@@ -432,8 +430,8 @@ WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-wo
 @WORKERS
 async def test_sigterm_waits_for_an_open_tunnel_then_exits_0_with_the_audit_written(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
     workers: int,
 ) -> None:
     async with serve_process(
@@ -455,8 +453,8 @@ async def test_sigterm_waits_for_an_open_tunnel_then_exits_0_with_the_audit_writ
 @WORKERS
 async def test_tunnels_open_at_the_end_of_the_grace_period_are_closed_as_shutdown(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
     workers: int,
 ) -> None:
     async with serve_process(
@@ -476,8 +474,8 @@ async def test_tunnels_open_at_the_end_of_the_grace_period_are_closed_as_shutdow
 @WORKERS
 async def test_a_second_signal_closes_every_connection_at_once(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
     workers: int,
 ) -> None:
     async with serve_process(
@@ -501,8 +499,8 @@ async def test_a_second_signal_closes_every_connection_at_once(
 @WORKERS
 async def test_sighup_applies_a_changed_config_file_while_a_tunnel_keeps_relaying(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
     workers: int,
     tmp_path: Path,
 ) -> None:
@@ -535,8 +533,8 @@ async def test_sighup_applies_a_changed_config_file_while_a_tunnel_keeps_relayin
 
 async def test_sigquit_to_one_process_closes_every_connection_at_once(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
 ) -> None:
     async with serve_process(
         database_url, 1, "--listen", "127.0.0.1:0", "--shutdown-grace", "60"
@@ -552,8 +550,8 @@ async def test_sigquit_to_one_process_closes_every_connection_at_once(
 
 async def test_a_worker_restarted_after_a_reload_reloads_too(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "socksauth.toml"

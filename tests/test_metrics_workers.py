@@ -17,10 +17,8 @@ from e2e import (
     Supervisor,
     allow_loopback_targets,
     assert_serves_a_good_client,
-    echo_server,  # noqa: F401  (fixture)
     eventually,
     running_two_workers,
-    user_store,  # noqa: F401  (fixture)
 )
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -36,7 +34,7 @@ CLIENTS = 20
 @pytest.fixture
 async def supervisor(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
+    user_store: SqlUserStore,
 ) -> AsyncIterator[Supervisor]:
     async with running_two_workers(database_url, "--admin-listen", "127.0.0.1:0") as running:
         yield running
@@ -65,7 +63,7 @@ def closed_and_bytes(
 
 async def test_every_scrape_sums_all_workers_also_after_one_died(
     supervisor: Supervisor,
-    echo_server: EchoServer,  # noqa: F811
+    echo_server: EchoServer,
 ) -> None:
     await eventually(lambda: len(supervisor.worker_pids()) == 2, what="two workers")
     for _ in range(CLIENTS):
@@ -108,8 +106,8 @@ async def test_every_scrape_sums_all_workers_also_after_one_died(
 
 async def test_one_process_serves_the_admin_address_it_was_given(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
-    echo_server: EchoServer,  # noqa: F811
+    user_store: SqlUserStore,
+    echo_server: EchoServer,
 ) -> None:
     await allow_loopback_targets(database_url)
     process = await asyncio.create_subprocess_exec(

@@ -12,11 +12,9 @@ from e2e import (
     EchoServer,
     Supervisor,
     assert_serves_a_good_client,
-    echo_server,  # noqa: F401  (fixture)
     eventually,
     running_two_workers,
     serve_with_two_workers,
-    user_store,  # noqa: F401  (fixture)
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,7 +26,7 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture
 async def supervisor(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
+    user_store: SqlUserStore,
 ) -> AsyncIterator[Supervisor]:
     async with running_two_workers(database_url) as running:
         yield running
@@ -36,7 +34,7 @@ async def supervisor(
 
 async def test_two_workers_serve_one_port_and_stop_together_on_sigterm(
     supervisor: Supervisor,
-    echo_server: EchoServer,  # noqa: F811
+    echo_server: EchoServer,
 ) -> None:
     await eventually(lambda: len(supervisor.worker_pids()) == 2, what="two workers")
     workers = supervisor.worker_pids()
@@ -52,7 +50,7 @@ async def test_two_workers_serve_one_port_and_stop_together_on_sigterm(
 
 async def test_a_worker_that_dies_is_restarted_and_the_port_keeps_serving(
     supervisor: Supervisor,
-    echo_server: EchoServer,  # noqa: F811
+    echo_server: EchoServer,
 ) -> None:
     await eventually(lambda: len(supervisor.worker_pids()) == 2, what="two workers")
     # Let the workers pass the supervisor's "died right after starting" window.

@@ -1,5 +1,5 @@
 """Fault fixtures: a throwaway PostgreSQL cluster of our own that tests may stop and start
-(never the shared server), and the loopback targets of the end-to-end tests."""
+(never the shared server), and the log lines an outage costs."""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e import echo_server
-
-__all__ = ["echo_server"]
 
 POSTGRES_BINARIES = Path("/usr/lib/postgresql")
 

@@ -21,16 +21,12 @@ from e2e import (
     open_tunnel,
     read_exactly,
     running_two_workers,
-    start_proxy,
-    user_store,
 )
 
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.database import create_engine
 from socksauth.store.interfaces import OPEN, AuditEntry, AuditQuery
 from socksauth.store.users import SqlUserStore
-
-__all__ = ["start_proxy", "user_store"]
 
 TUNNELS = 16
 

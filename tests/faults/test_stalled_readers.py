@@ -20,13 +20,9 @@ from e2e import (
     credentials,
     greeting,
     request,
-    start_proxy,
-    user_store,
 )
 
 from socksauth.server.relay import RelayBudget
-
-__all__ = ["start_proxy", "user_store"]
 
 CHUNK = os.urandom(1 << 20)
 STREAM_CHUNKS = 8  # 8 MiB per tunnel: far more than the kernel's buffers hold
