@@ -135,8 +135,8 @@ class Metrics:
         self.login_failures = Counter(
             "socksauth_login_failures",
             "Failed logins by reason: wrong_password, unknown_user, unusable_account (counted "
-            "by the throttle), repeated_password (not counted), locked_out, too_many_delayed "
-            "(refused unverified).",
+            "by the throttle), repeated_password (not counted), locked_out, too_many_delayed, "
+            "queued_behind_failures (refused unverified).",
             ["reason"],
             registry=registry,
         )

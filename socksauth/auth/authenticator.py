@@ -24,7 +24,7 @@ from socksauth.auth import passwords
 from socksauth.auth.accounts import validate_username
 from socksauth.auth.cache import VerificationCache
 from socksauth.auth.throttle import Failure, LoginThrottle
-from socksauth.auth.verifier import Verifier
+from socksauth.auth.verifier import NotVerified, Verifier
 from socksauth.config import in_networks
 from socksauth.errors import DatabaseError, StoreUnavailable, UserError
 from socksauth.health import Health, Tally, describe, stop_task
@@ -143,7 +143,7 @@ class Authenticator:
         self._logins = logins
         self._cache = cache if cache is not None else VerificationCache()
         self._throttle = throttle if throttle is not None else LoginThrottle()
-        self._verifier = Verifier(executor, max_concurrent, self._throttle.locked)
+        self._verifier = Verifier(executor, max_concurrent, self._throttle.admit)
         self._clock = clock
         self._dummy_hash: str | None = None
         # Logins refused because the account could not be looked up: a line a minute.
@@ -220,10 +220,15 @@ class Authenticator:
             throttle.succeeded(client_host, username)
             self._logins.record(user.username)
             return LoginResult(user, delay_seconds=delay)
-        matches = await self._verifier.verify(password, stored_hash, client_host, username)
-        if matches is None:
+        matches = await self._verifier.verify(
+            password, stored_hash, client_host, username, delayed_seconds=delay
+        )
+        if matches is NotVerified.LOCKED:
             # Locked out by the failures verified while this attempt waited for its turn.
             return LoginResult(None, LoginRefusal.LOCKED_OUT, delay)
+        if matches is NotVerified.DELAYED:
+            throttle.observer.failed(Failure.QUEUED_BEHIND_FAILURES)
+            return LoginResult(None, LoginRefusal.THROTTLED, delay)
         if not (matches and usable and user is not None and allowed_here):
             if user is None:
                 reason = Failure.UNKNOWN_USER

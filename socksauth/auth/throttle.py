@@ -67,6 +67,8 @@ class Failure(enum.Enum):
     REPEATED_PASSWORD = "repeated_password"  # noqa: S105 (a label)
     LOCKED_OUT = "locked_out"  # not verified: the pair is locked
     TOO_MANY_DELAYED = "too_many_delayed"  # not verified: the address has enough waiting
+    # Not verified: failures verified while it waited for its turn raised the delay it owes.
+    QUEUED_BEHIND_FAILURES = "queued_behind_failures"
 
 
 class ThrottleObserver(Protocol):
@@ -230,18 +232,6 @@ class LoginThrottle:
         if not self._is_familiar(username, address, now):
             delay = max(delay, self._spray_delay(address, now))
         return Admission(delay_seconds=delay) if delay else ADMIT
-
-    def locked(self, client_host: str, username: str) -> bool:
-        """Whether the pair is locked out now (an attempt that waited its turn asks again:
-        the failures ahead of it may have locked it); counted as admit() counts a lockout."""
-        if not self.settings.enabled:
-            return False
-        now = self._clock()
-        pair = self._pair(username, address_key(client_host), now)
-        if pair is not None and pair.locked_until > now:
-            self.observer.failed(Failure.LOCKED_OUT)
-            return True
-        return False
 
     def hold(self, client_host: str) -> bool:
         """Take one of the address's delay slots; False (and counted) when all are taken."""

@@ -12,14 +12,18 @@ once as there are verification threads; the rest wait here. Two rules decide who
   first has been verified and cached) wait for the one verification instead of each queuing
   its own. The result is the same for all of them, so nothing is learnt from sharing.
 
-When its turn comes, an attempt is verified only if its (user, address) pair is not locked out
-meanwhile (``locked``): attempts that queued behind a lockout's failures are refused without
-spending the CPU, just as they would be had they arrived a moment later.
+When its turn comes, the throttle is asked again (``admit``): the failures verified while the
+attempt waited may have locked its (user, address) pair out, or raised the delay the throttle
+asks of it (its pair's failures, or a spray of usernames from its address). Such an attempt is
+refused without spending the CPU, as it would have been had it arrived a moment later; so a
+flood of guesses queued at once is judged on the failures ahead of it, as it would be arriving
+one by one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import hashlib
 import hmac
@@ -29,7 +33,14 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 from socksauth.auth import passwords
-from socksauth.auth.throttle import address_key
+from socksauth.auth.throttle import Admission, address_key
+
+
+class NotVerified(enum.Enum):
+    """Why an attempt was refused at its turn, unverified."""
+
+    LOCKED = "locked"  # its pair was locked out meanwhile
+    DELAYED = "delayed"  # the throttle now asks a longer delay than the attempt waited
 
 
 class FairTurns:
@@ -88,7 +99,7 @@ class _Flight:
 
     __slots__ = ("task", "waiters")
 
-    def __init__(self, task: asyncio.Task[bool | None]) -> None:
+    def __init__(self, task: asyncio.Task[bool | NotVerified]) -> None:
         self.task = task
         self.waiters = 0
 
@@ -97,26 +108,33 @@ class Verifier:
     """``verify()`` runs passwords.verify_password in ``executor``, ``threads`` at once."""
 
     def __init__(
-        self, executor: Executor, threads: int, locked: Callable[[str, str], bool]
+        self, executor: Executor, threads: int, admit: Callable[[str, str], Admission]
     ) -> None:
-        """``locked(client_host, username)``: whether that pair is locked out now."""
+        """``admit(client_host, username)``: the throttle's judgement of an attempt now."""
         self._executor = executor
         self._turns = FairTurns(threads)
-        self._locked = locked
+        self._admit = admit
         self._flights: dict[bytes, _Flight] = {}
         # Flights are keyed by a digest, so no password sits in the table as a key.
         self._secret = secrets.token_bytes(32)
 
     async def verify(
-        self, password: str, stored_hash: str, client_host: str, username: str
-    ) -> bool | None:
-        """Whether ``password`` matches ``stored_hash``; None: not verified, because the pair
-        was locked out while the attempt waited for its turn."""
+        self,
+        password: str,
+        stored_hash: str,
+        client_host: str,
+        username: str,
+        delayed_seconds: float = 0.0,
+    ) -> bool | NotVerified:
+        """Whether ``password`` matches ``stored_hash``, or why it was not verified at its
+        turn; ``delayed_seconds``: the throttle delay the attempt has already waited."""
         address = address_key(client_host)
         key = self._flight_key(address, username, stored_hash, password)
         flight = self._flights.get(key)
         if flight is None or flight.task.done() or flight.task.cancelling():
-            verification = self._in_turn(password, stored_hash, client_host, username)
+            verification = self._in_turn(
+                password, stored_hash, client_host, username, delayed_seconds
+            )
             flight = self._flights[key] = _Flight(asyncio.ensure_future(verification))
             flight.task.add_done_callback(functools.partial(self._landed, key, flight))
         flight.waiters += 1
@@ -131,12 +149,20 @@ class Verifier:
                 flight.task.cancel()
 
     async def _in_turn(
-        self, password: str, stored_hash: str, client_host: str, username: str
-    ) -> bool | None:
+        self,
+        password: str,
+        stored_hash: str,
+        client_host: str,
+        username: str,
+        delayed_seconds: float,
+    ) -> bool | NotVerified:
         await self._turns.acquire(address_key(client_host))
         try:
-            if self._locked(client_host, username):
-                return None
+            admission = self._admit(client_host, username)
+            if admission.locked:
+                return NotVerified.LOCKED
+            if admission.delay_seconds > delayed_seconds:
+                return NotVerified.DELAYED
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
                 self._executor, passwords.verify_password, password, stored_hash

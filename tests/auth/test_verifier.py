@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from socksauth.auth import passwords
-from socksauth.auth.verifier import FairTurns, Verifier
+from socksauth.auth.throttle import ADMIT, LOCKED, Admission
+from socksauth.auth.verifier import FairTurns, NotVerified, Verifier
 
 RIGHT = "correct horse"
 
@@ -43,14 +44,14 @@ def executor() -> Iterator[CountingExecutor]:
     pool.shutdown(wait=True)
 
 
-def never_locked(client_host: str, username: str) -> bool:
-    return False
+def admit_all(client_host: str, username: str) -> Admission:
+    return ADMIT
 
 
 async def test_another_address_waits_one_turn_not_behind_a_flood(
     executor: CountingExecutor, stored_hash: str
 ) -> None:
-    verifier = Verifier(executor, threads=1, locked=never_locked)
+    verifier = Verifier(executor, threads=1, admit=admit_all)
     finished: list[str] = []
 
     async def attempt(host: str, password: str) -> None:
@@ -71,7 +72,7 @@ async def test_another_address_waits_one_turn_not_behind_a_flood(
 async def test_identical_attempts_in_flight_share_one_verification(
     executor: CountingExecutor, stored_hash: str
 ) -> None:
-    verifier = Verifier(executor, threads=1, locked=never_locked)
+    verifier = Verifier(executor, threads=1, admit=admit_all)
     results = await asyncio.gather(
         *(verifier.verify(RIGHT, stored_hash, "127.0.0.1", "alice") for _ in range(20))
     )
@@ -90,7 +91,7 @@ async def test_identical_attempts_in_flight_share_one_verification(
 async def test_one_waiter_giving_up_does_not_cancel_the_others(
     executor: CountingExecutor, stored_hash: str
 ) -> None:
-    verifier = Verifier(executor, threads=1, locked=never_locked)
+    verifier = Verifier(executor, threads=1, admit=admit_all)
     impatient = asyncio.ensure_future(verifier.verify(RIGHT, stored_hash, "127.0.0.1", "alice"))
     patient = asyncio.ensure_future(verifier.verify(RIGHT, stored_hash, "127.0.0.1", "alice"))
     await asyncio.sleep(0)
@@ -102,7 +103,7 @@ async def test_one_waiter_giving_up_does_not_cancel_the_others(
 async def test_attempts_that_all_gave_up_while_queued_are_never_verified(
     executor: CountingExecutor, stored_hash: str
 ) -> None:
-    verifier = Verifier(executor, threads=1, locked=never_locked)
+    verifier = Verifier(executor, threads=1, admit=admit_all)
     running = asyncio.ensure_future(verifier.verify("first", stored_hash, "127.0.0.1", "alice"))
     queued = [
         asyncio.ensure_future(verifier.verify(f"gone {n}", stored_hash, "127.0.0.1", "bob"))
@@ -128,14 +129,18 @@ async def test_an_attempt_whose_pair_was_locked_while_it_waited_is_not_verified(
     executor: CountingExecutor, stored_hash: str
 ) -> None:
     locked_pairs: set[tuple[str, str]] = set()
-    verifier = Verifier(executor, threads=1, locked=lambda h, u: (h, u) in locked_pairs)
+
+    def admit(host: str, username: str) -> Admission:
+        return LOCKED if (host, username) in locked_pairs else ADMIT
+
+    verifier = Verifier(executor, threads=1, admit=admit)
     first = asyncio.ensure_future(verifier.verify("guess 1", stored_hash, "127.0.0.1", "alice"))
     await asyncio.sleep(0)
     second = asyncio.ensure_future(verifier.verify("guess 2", stored_hash, "127.0.0.1", "alice"))
     await asyncio.sleep(0)
     locked_pairs.add(("127.0.0.1", "alice"))  # as the throttle would after the first failure
     assert await first is False
-    assert await second is None
+    assert await second is NotVerified.LOCKED
     assert executor.submitted == 1
 
 
@@ -149,3 +154,25 @@ async def test_fair_turns_pass_on_a_turn_given_to_a_waiter_cancelled_at_once() -
     waiter.cancel()  # … which is cancelled before it runs: "c" must get it
     await asyncio.wait_for(follower, 1)
     assert waiter.cancelled()
+
+
+async def test_an_attempt_that_now_owes_a_longer_delay_is_not_verified(
+    executor: CountingExecutor, stored_hash: str
+) -> None:
+    owed = {"seconds": 0.0}
+    verifier = Verifier(
+        executor, threads=1, admit=lambda h, u: Admission(delay_seconds=owed["seconds"])
+    )
+    first = asyncio.ensure_future(verifier.verify("guess 1", stored_hash, "127.0.0.1", "a"))
+    await asyncio.sleep(0)
+    waited = asyncio.ensure_future(
+        verifier.verify("guess 2", stored_hash, "127.0.0.1", "b", delayed_seconds=1.0)
+    )
+    fresh = asyncio.ensure_future(verifier.verify("guess 3", stored_hash, "127.0.0.1", "c"))
+    await asyncio.sleep(0)
+    owed["seconds"] = 1.0  # failures ahead raised the delay (a spray from the address)
+    assert await first is False
+    # The one that already waited that long is verified; the one that waited nothing is not.
+    assert await waited is False
+    assert await fresh is NotVerified.DELAYED
+    assert executor.submitted == 2
