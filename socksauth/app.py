@@ -65,6 +65,7 @@ from socksauth.store.interfaces import (
     RuleStore,
     SessionReader,
     ThrottleStore,
+    UserLookup,
     UserStore,
 )
 from socksauth.store.leases import SqlConnectionLeases
@@ -178,6 +179,9 @@ async def running_server(
     ``listen_sockets``: sockets a supervisor bound for this worker, instead of settings.listen.
     ``admin_socket``: the admin listener's socket (a supervisor's, shared by its workers),
     instead of binding settings.admin_listen.
+
+    Built from the ``enter_*`` builders below, each entering what it builds on one stack (the
+    benchmark builds its proxies from the same ones).
     """
     async with contextlib.AsyncExitStack() as stack:
         # The addresses first: one that cannot be listened on is one line, before the
@@ -187,122 +191,45 @@ async def running_server(
             stack.callback(admin_socket.close)
         if not listen_sockets:
             check_listen_free(settings)
-        engine = create_engine(settings.database_url)
-        stack.push_async_callback(engine.dispose)
         # Nothing is measured unless someone can read it: no cost per connection when off.
         measured = None
-        servers: list[ProxyServer] = []  # the one server, once started, for /readyz
-        admin = None
-        if admin_socket is not None or settings.admin_listen is not None:
+        if admin_socket is not None:
             measured = metrics.Metrics(per_user=settings.metrics_per_user)
-            on_database_error(engine, measured.database_errors.inc)
-        with database_errors():
-            await migrate.ensure_current(engine)
+        engine = await enter_engine(stack, settings.database_url, measured)
         users = SqlUserStore(engine)
         # Logins read accounts from memory; the change feed (below) empties it on any change.
         cached_users = UserCache(users)
-        # A worker's settings carry its share already; one process has every core.
-        threads = verify_threads(settings.password_verify_threads, workers=1)
-        executor = ThreadPoolExecutor(
-            max_workers=threads,
-            thread_name_prefix="verify",
-            initializer=passwords.lower_thread_priority,
-        )
-        stack.callback(executor.shutdown, wait=True, cancel_futures=True)
-        logins = await stack.enter_async_context(LoginRecorder(users))
-        throttle = LoginThrottle(
-            settings.throttle_settings(),
-            observer=ThrottleMetrics(measured) if measured is not None else None,
-        )
-        authenticator = Authenticator(
-            cached_users,
-            executor,
-            logins,
-            throttle=throttle,
-            max_concurrent=threads,
-        )
-        await authenticator.start()
-        stack.callback(authenticator.close)
+        authenticator = await enter_authenticator(stack, settings, cached_users, users, measured)
         # Failures, lockouts and clears shared with every process on the store; entered
         # before the server, so what the last clients did is written after they are gone.
         sharing = None
         if settings.login_throttle:
             sharing = await stack.enter_async_context(
-                SharedThrottle(throttle, SqlThrottleStore(engine))
+                SharedThrottle(authenticator.throttle, SqlThrottleStore(engine))
             )
-        # Entered before the server, so it is flushed after the server has stopped and every
-        # client's entry is in.
-        audit_log = await stack.enter_async_context(
-            AuditLog(
-                SqlAuditStore(engine),
-                node=settings.node_name,
-                spill_path=settings.audit_spill_path
-                or default_audit_spill_path(settings.database_url, settings.node_name),
-            )
-        )
-        audit_observer = AuditObserver(audit_log, settings.node_name)
-        if settings.audit_interim_seconds is not None:
-            await _enter_task(
-                stack, audit_observer.run_interim(settings.audit_interim_seconds), "audit-interim"
-            )
-        observer: ConnectionObserver = audit_observer
-        if measured is not None:
+        audit_log = await enter_audit_log(stack, settings, engine)
+        observer: ConnectionObserver = await enter_audit_observer(stack, settings, audit_log)
+        servers: list[ProxyServer] = []  # the one server, once started, for /readyz
+        admin = None
+        if measured is not None and admin_socket is not None:
             observer = Observers(observer, MetricsObserver(measured))
-            sampler = AuditSampler(measured, audit_log)
-            needed = migrate.head()
-
-            async def readiness() -> str | None:
-                if not servers or not servers[0].listening:
-                    return "the proxy is not listening"
-                problem = await migrate.readiness_problem(
-                    engine, needed, READY_DATABASE_TIMEOUT_SECONDS
-                )
-                if problem is not None and problem.startswith("database:"):
-                    # Warm users are still served (/healthz stays 200); cold logins are
-                    # refused (store_unavailable): send new clients to another node.
-                    return f"{problem}; new logins cannot be checked"
-                return problem
-
-            dashboard = Dashboard(
-                sessions=SqlSessionStore(engine),
-                rules=SqlRuleStore(engine),
-                audit=SqlAuditStore(engine),
-                authorize=admin_authorizer(authenticator, SqlAdminCredentials(engine)),
+            admin = await enter_admin(
+                stack, engine, admin_socket, measured, audit_log, authenticator, servers
             )
-            admin = await _enter_admin_listener(
-                stack, settings, admin_socket, measured, sampler, readiness, dashboard
-            )
-        changes = SqlChangeFeed(engine)
-        stack.push_async_callback(changes.close)
-        with database_errors():
-            leases = await stack.enter_async_context(
-                SqlConnectionLeases(engine, settings.node_name)
-            )
-        sessions = SqlSessionStore(engine)
-        access = Access(
+        access = await enter_access(
+            stack,
             settings,
-            rules=SqlRuleStore(engine),
-            users=users,
-            changes=changes,
-            on_users_changed=(
+            engine,
+            users,
+            cached_users,
+            (
                 cached_users.invalidate
                 if sharing is None
                 else _both(cached_users.invalidate, sharing.store_changed)
             ),
-            leases=leases,
-            usage=SqlTrafficUsage(engine),
-            egress_source=users,
-            kills=sessions,
         )
-        # The next login after a change committed anywhere is decided on the new state.
-        cached_users.before_lookup = access.ensure_current
         if admin is not None:
             access.set_other_endpoints([(admin.bound.host, admin.bound.port)])
-        with database_errors():
-            # The revision first: a change made after it was read is one the watch sees.
-            await access.check_changes()
-            await access.load_rules()
-            await access.check_egress()
         # Entered before the server, so the row goes after every client has: a clean stop
         # leaves no node, and its sessions are gone from the live list with it.
         with database_errors():
@@ -313,12 +240,179 @@ async def running_server(
                     connections=lambda: servers[0].active_clients if servers else 0,
                 )
             )
-        server = await stack.enter_async_context(
-            ProxyServer(settings, authenticator, observer, listen_sockets, access)
+        server = await enter_proxy_server(
+            stack, settings, authenticator, observer, listen_sockets, access
         )
         servers.append(server)
         log.info("serving with users from %s", redact_url(settings.database_url))
         yield server
+
+
+async def enter_engine(
+    stack: contextlib.AsyncExitStack, database_url: str, measured: metrics.Metrics | None = None
+) -> AsyncEngine:
+    """An engine on a schema that is current (SchemaOutOfDate otherwise), disposed last;
+    its driver errors counted in ``measured``."""
+    engine = create_engine(database_url)
+    stack.push_async_callback(engine.dispose)
+    if measured is not None:
+        on_database_error(engine, measured.database_errors.inc)
+    with database_errors():
+        await migrate.ensure_current(engine)
+    return engine
+
+
+async def enter_authenticator(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    accounts: UserLookup,
+    users: UserLookup,
+    measured: metrics.Metrics | None = None,
+) -> Authenticator:
+    """The authenticator, reading ``accounts`` (a cache in front of ``users``, or ``users``),
+    with its throttle, its verification thread pool and the batched last-login writes to
+    ``users``; started (its dummy hash computed before the first client can time a
+    rejection)."""
+    # A worker's settings carry its share already; one process has every core.
+    threads = verify_threads(settings.password_verify_threads, workers=1)
+    executor = ThreadPoolExecutor(
+        max_workers=threads,
+        thread_name_prefix="verify",
+        initializer=passwords.lower_thread_priority,
+    )
+    stack.callback(executor.shutdown, wait=True, cancel_futures=True)
+    logins = await stack.enter_async_context(LoginRecorder(users))
+    throttle = LoginThrottle(
+        settings.throttle_settings(),
+        observer=ThrottleMetrics(measured) if measured is not None else None,
+    )
+    authenticator = Authenticator(
+        accounts,
+        executor,
+        logins,
+        throttle=throttle,
+        max_concurrent=threads,
+    )
+    await authenticator.start()
+    stack.callback(authenticator.close)
+    return authenticator
+
+
+async def enter_audit_log(
+    stack: contextlib.AsyncExitStack, settings: Settings, engine: AsyncEngine
+) -> AuditLog:
+    """This node's audit writer (its spill file replayed, a crashed predecessor's rows
+    closed). Entered before the server, so it is flushed after the server has stopped and
+    every client's entry is in."""
+    return await stack.enter_async_context(
+        AuditLog(
+            SqlAuditStore(engine),
+            node=settings.node_name,
+            spill_path=settings.audit_spill_path
+            or default_audit_spill_path(settings.database_url, settings.node_name),
+        )
+    )
+
+
+async def enter_audit_observer(
+    stack: contextlib.AsyncExitStack, settings: Settings, audit_log: AuditLog
+) -> AuditObserver:
+    """What turns the server's connections into ``audit_log``'s entries, with its task
+    writing long tunnels' interim counts."""
+    observer = AuditObserver(audit_log, settings.node_name)
+    if settings.audit_interim_seconds is not None:
+        await _enter_task(
+            stack, observer.run_interim(settings.audit_interim_seconds), "audit-interim"
+        )
+    return observer
+
+
+async def enter_admin(
+    stack: contextlib.AsyncExitStack,
+    engine: AsyncEngine,
+    admin_socket: socket.socket,
+    measured: metrics.Metrics,
+    audit_log: AuditLog,
+    authenticator: Authenticator,
+    servers: Sequence[ProxyServer],
+) -> AdminListener:
+    """The admin listener on ``admin_socket``: metrics, readiness (of ``servers``' one
+    server, once it is there) and the dashboard."""
+    needed = migrate.head()
+
+    async def readiness() -> str | None:
+        if not servers or not servers[0].listening:
+            return "the proxy is not listening"
+        problem = await migrate.readiness_problem(engine, needed, READY_DATABASE_TIMEOUT_SECONDS)
+        if problem is not None and problem.startswith("database:"):
+            # Warm users are still served (/healthz stays 200); cold logins are
+            # refused (store_unavailable): send new clients to another node.
+            return f"{problem}; new logins cannot be checked"
+        return problem
+
+    dashboard = Dashboard(
+        sessions=SqlSessionStore(engine),
+        rules=SqlRuleStore(engine),
+        audit=SqlAuditStore(engine),
+        authorize=admin_authorizer(authenticator, SqlAdminCredentials(engine)),
+    )
+    return await _enter_admin_listener(
+        stack,
+        admin_socket,
+        measured,
+        AuditSampler(measured, audit_log),
+        readiness,
+        dashboard,
+    )
+
+
+async def enter_access(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    engine: AsyncEngine,
+    users: SqlUserStore,
+    cached_users: UserCache,
+    on_users_changed: Callable[[], None],
+) -> Access:
+    """The policy, limits and bandwidth the server applies, on the change feed and the shared
+    connection leases, current when returned (revision, rules, egress addresses)."""
+    changes = SqlChangeFeed(engine)
+    stack.push_async_callback(changes.close)
+    with database_errors():
+        leases = await stack.enter_async_context(SqlConnectionLeases(engine, settings.node_name))
+    access = Access(
+        settings,
+        rules=SqlRuleStore(engine),
+        users=users,
+        changes=changes,
+        on_users_changed=on_users_changed,
+        leases=leases,
+        usage=SqlTrafficUsage(engine),
+        egress_source=users,
+        kills=SqlSessionStore(engine),
+    )
+    # The next login after a change committed anywhere is decided on the new state.
+    cached_users.before_lookup = access.ensure_current
+    with database_errors():
+        # The revision first: a change made after it was read is one the watch sees.
+        await access.check_changes()
+        await access.load_rules()
+        await access.check_egress()
+    return access
+
+
+async def enter_proxy_server(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    authenticator: Authenticator,
+    observer: ConnectionObserver | None,
+    listen_sockets: Sequence[socket.socket] = (),
+    access: Access | None = None,
+) -> ProxyServer:
+    """The proxy, listening (and watching the accounts); entered last, so it stops first."""
+    return await stack.enter_async_context(
+        ProxyServer(settings, authenticator, observer, listen_sockets, access)
+    )
 
 
 def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
@@ -378,8 +472,7 @@ READY_DATABASE_TIMEOUT_SECONDS = 2.0
 
 async def _enter_admin_listener(
     stack: contextlib.AsyncExitStack,
-    settings: Settings,
-    admin_socket: socket.socket | None,
+    admin_socket: socket.socket,
     measured: metrics.Metrics,
     sampler: AuditSampler,
     readiness: Readiness,
@@ -397,9 +490,6 @@ async def _enter_admin_listener(
             await sampling
 
     stack.push_async_callback(stop_sampling)
-    if admin_socket is None:
-        assert settings.admin_listen is not None
-        admin_socket = bind_admin_socket(settings.admin_listen)
     return await stack.enter_async_context(
         AdminListener(
             admin_socket,
