@@ -20,7 +20,6 @@ import struct
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,9 @@ from sqlalchemy.pool import NullPool
 from socksauth import app
 from socksauth.audit import AuditLog, new_entry_id
 from socksauth.auth import accounts
-from socksauth.auth.authenticator import Authenticator, LoginRecorder
-from socksauth.config import ListenAddress, Settings, verify_threads
-from socksauth.server.audit import AuditObserver
+from socksauth.auth.user_cache import UserCache
+from socksauth.config import ListenAddress, Settings
 from socksauth.server.client import ConnectionObserver
-from socksauth.server.listener import ProxyServer
 from socksauth.store import migrate
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.database import create_engine
@@ -189,30 +186,25 @@ async def connection_rate(proxy_port: int, echo_port: int, count: int, concurren
 async def proxy(
     url: str, audit: bool, spill_dir: Path
 ) -> AsyncIterator[tuple[int, AuditLog | None]]:
-    """The same stack as app.running_server, with or without the audit observer."""
+    """app.running_server's proxy, from the same builders, with or without the audit observer;
+    without the destination policy and limits (the echo target is on loopback, which the
+    policy protects) and the admin listener."""
     settings = Settings(
-        database_url=url, listen=(ListenAddress(host="127.0.0.1", port=0),), node_name="bench-proxy"
+        database_url=url,
+        listen=(ListenAddress(host="127.0.0.1", port=0),),
+        node_name="bench-proxy",
+        audit_spill_path=spill_dir / "proxy.jsonl",
     )
     async with contextlib.AsyncExitStack() as stack:
-        engine = create_engine(url)
-        stack.push_async_callback(engine.dispose)
+        engine = await app.enter_engine(stack, url)
         users = SqlUserStore(engine)
-        threads = verify_threads(settings.password_verify_threads, workers=1)
-        executor = ThreadPoolExecutor(max_workers=threads)
-        stack.callback(executor.shutdown, wait=True)
-        logins = await stack.enter_async_context(LoginRecorder(users))
-        authenticator = Authenticator(users, executor, logins)
-        await authenticator.start()
+        authenticator = await app.enter_authenticator(stack, settings, UserCache(users), users)
         observer: ConnectionObserver | None = None
         audit_log = None
         if audit:
-            audit_log = await stack.enter_async_context(
-                AuditLog(
-                    SqlAuditStore(engine), node="bench-proxy", spill_path=spill_dir / "proxy.jsonl"
-                )
-            )
-            observer = AuditObserver(audit_log, "bench-proxy")
-        server = await stack.enter_async_context(ProxyServer(settings, authenticator, observer))
+            audit_log = await app.enter_audit_log(stack, settings, engine)
+            observer = await app.enter_audit_observer(stack, settings, audit_log)
+        server = await app.enter_proxy_server(stack, settings, authenticator, observer)
         yield server.bound[0].port, audit_log
 
 

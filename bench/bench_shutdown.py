@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from bench import peers
-from bench.run import Child
+from bench.children import Child
 from bench.socks5 import Route, open_connection, recv_exactly
 from bench.target import DEFAULT_PG_ADMIN, Database, Server, make_workdir, raise_nofile
 

@@ -22,7 +22,7 @@ import sys
 import time
 
 from bench import peers
-from bench.run import Child
+from bench.children import Child
 from bench.socks5 import Route, open_connection
 from bench.target import Database, Server, make_workdir, raise_nofile
 

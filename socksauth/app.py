@@ -8,22 +8,16 @@ import base64
 import binascii
 import contextlib
 import dataclasses
-import functools
-import gc
 import hashlib
 import logging
 import os
 import secrets
-import shutil
 import signal
 import socket
-import tempfile
-import time
 import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,7 +29,7 @@ from socksauth.auth.authenticator import Authenticator, LoginRecorder
 from socksauth.auth.throttle import LoginThrottle
 from socksauth.auth.throttle_sharing import SharedThrottle
 from socksauth.auth.user_cache import UserCache
-from socksauth.config import ListenAddress, Settings, verify_threads
+from socksauth.config import Settings, verify_threads
 from socksauth.errors import ConfigError, DatabaseError
 from socksauth.health import describe
 from socksauth.logs import get_logger
@@ -46,7 +40,6 @@ from socksauth.server.client import ConnectionObserver, Observers
 from socksauth.server.dashboard import Authorize, Dashboard
 from socksauth.server.listener import (
     ProxyServer,
-    bind_listeners,
     check_listen_free,
     resolve_listen,
 )
@@ -72,6 +65,7 @@ from socksauth.store.interfaces import (
     RuleStore,
     SessionReader,
     ThrottleStore,
+    UserLookup,
     UserStore,
 )
 from socksauth.store.leases import SqlConnectionLeases
@@ -185,6 +179,9 @@ async def running_server(
     ``listen_sockets``: sockets a supervisor bound for this worker, instead of settings.listen.
     ``admin_socket``: the admin listener's socket (a supervisor's, shared by its workers),
     instead of binding settings.admin_listen.
+
+    Built from the ``enter_*`` builders below, each entering what it builds on one stack (the
+    benchmark builds its proxies from the same ones).
     """
     async with contextlib.AsyncExitStack() as stack:
         # The addresses first: one that cannot be listened on is one line, before the
@@ -194,122 +191,45 @@ async def running_server(
             stack.callback(admin_socket.close)
         if not listen_sockets:
             check_listen_free(settings)
-        engine = create_engine(settings.database_url)
-        stack.push_async_callback(engine.dispose)
         # Nothing is measured unless someone can read it: no cost per connection when off.
         measured = None
-        servers: list[ProxyServer] = []  # the one server, once started, for /readyz
-        admin = None
-        if admin_socket is not None or settings.admin_listen is not None:
+        if admin_socket is not None:
             measured = metrics.Metrics(per_user=settings.metrics_per_user)
-            on_database_error(engine, measured.database_errors.inc)
-        with database_errors():
-            await migrate.ensure_current(engine)
+        engine = await enter_engine(stack, settings.database_url, measured)
         users = SqlUserStore(engine)
         # Logins read accounts from memory; the change feed (below) empties it on any change.
         cached_users = UserCache(users)
-        # A worker's settings carry its share already; one process has every core.
-        threads = verify_threads(settings.password_verify_threads, workers=1)
-        executor = ThreadPoolExecutor(
-            max_workers=threads,
-            thread_name_prefix="verify",
-            initializer=passwords.lower_thread_priority,
-        )
-        stack.callback(executor.shutdown, wait=True, cancel_futures=True)
-        logins = await stack.enter_async_context(LoginRecorder(users))
-        throttle = LoginThrottle(
-            settings.throttle_settings(),
-            observer=ThrottleMetrics(measured) if measured is not None else None,
-        )
-        authenticator = Authenticator(
-            cached_users,
-            executor,
-            logins,
-            throttle=throttle,
-            max_concurrent=threads,
-        )
-        await authenticator.start()
-        stack.callback(authenticator.close)
+        authenticator = await enter_authenticator(stack, settings, cached_users, users, measured)
         # Failures, lockouts and clears shared with every process on the store; entered
         # before the server, so what the last clients did is written after they are gone.
         sharing = None
         if settings.login_throttle:
             sharing = await stack.enter_async_context(
-                SharedThrottle(throttle, SqlThrottleStore(engine))
+                SharedThrottle(authenticator.throttle, SqlThrottleStore(engine))
             )
-        # Entered before the server, so it is flushed after the server has stopped and every
-        # client's entry is in.
-        audit_log = await stack.enter_async_context(
-            AuditLog(
-                SqlAuditStore(engine),
-                node=settings.node_name,
-                spill_path=settings.audit_spill_path
-                or default_audit_spill_path(settings.database_url, settings.node_name),
-            )
-        )
-        audit_observer = AuditObserver(audit_log, settings.node_name)
-        if settings.audit_interim_seconds is not None:
-            await _enter_task(
-                stack, audit_observer.run_interim(settings.audit_interim_seconds), "audit-interim"
-            )
-        observer: ConnectionObserver = audit_observer
-        if measured is not None:
+        audit_log = await enter_audit_log(stack, settings, engine)
+        observer: ConnectionObserver = await enter_audit_observer(stack, settings, audit_log)
+        servers: list[ProxyServer] = []  # the one server, once started, for /readyz
+        admin = None
+        if measured is not None and admin_socket is not None:
             observer = Observers(observer, MetricsObserver(measured))
-            sampler = AuditSampler(measured, audit_log)
-            needed = migrate.head()
-
-            async def readiness() -> str | None:
-                if not servers or not servers[0].listening:
-                    return "the proxy is not listening"
-                problem = await migrate.readiness_problem(
-                    engine, needed, READY_DATABASE_TIMEOUT_SECONDS
-                )
-                if problem is not None and problem.startswith("database:"):
-                    # Warm users are still served (/healthz stays 200); cold logins are
-                    # refused (store_unavailable): send new clients to another node.
-                    return f"{problem}; new logins cannot be checked"
-                return problem
-
-            dashboard = Dashboard(
-                sessions=SqlSessionStore(engine),
-                rules=SqlRuleStore(engine),
-                audit=SqlAuditStore(engine),
-                authorize=admin_authorizer(authenticator, SqlAdminCredentials(engine)),
+            admin = await enter_admin(
+                stack, engine, admin_socket, measured, audit_log, authenticator, servers
             )
-            admin = await _enter_admin_listener(
-                stack, settings, admin_socket, measured, sampler, readiness, dashboard
-            )
-        changes = SqlChangeFeed(engine)
-        stack.push_async_callback(changes.close)
-        with database_errors():
-            leases = await stack.enter_async_context(
-                SqlConnectionLeases(engine, settings.node_name)
-            )
-        sessions = SqlSessionStore(engine)
-        access = Access(
+        access = await enter_access(
+            stack,
             settings,
-            rules=SqlRuleStore(engine),
-            users=users,
-            changes=changes,
-            on_users_changed=(
+            engine,
+            users,
+            cached_users,
+            (
                 cached_users.invalidate
                 if sharing is None
                 else _both(cached_users.invalidate, sharing.store_changed)
             ),
-            leases=leases,
-            usage=SqlTrafficUsage(engine),
-            egress_source=users,
-            kills=sessions,
         )
-        # The next login after a change committed anywhere is decided on the new state.
-        cached_users.before_lookup = access.ensure_current
         if admin is not None:
             access.set_other_endpoints([(admin.bound.host, admin.bound.port)])
-        with database_errors():
-            # The revision first: a change made after it was read is one the watch sees.
-            await access.check_changes()
-            await access.load_rules()
-            await access.check_egress()
         # Entered before the server, so the row goes after every client has: a clean stop
         # leaves no node, and its sessions are gone from the live list with it.
         with database_errors():
@@ -320,12 +240,179 @@ async def running_server(
                     connections=lambda: servers[0].active_clients if servers else 0,
                 )
             )
-        server = await stack.enter_async_context(
-            ProxyServer(settings, authenticator, observer, listen_sockets, access)
+        server = await enter_proxy_server(
+            stack, settings, authenticator, observer, listen_sockets, access
         )
         servers.append(server)
         log.info("serving with users from %s", redact_url(settings.database_url))
         yield server
+
+
+async def enter_engine(
+    stack: contextlib.AsyncExitStack, database_url: str, measured: metrics.Metrics | None = None
+) -> AsyncEngine:
+    """An engine on a schema that is current (SchemaOutOfDate otherwise), disposed last;
+    its driver errors counted in ``measured``."""
+    engine = create_engine(database_url)
+    stack.push_async_callback(engine.dispose)
+    if measured is not None:
+        on_database_error(engine, measured.database_errors.inc)
+    with database_errors():
+        await migrate.ensure_current(engine)
+    return engine
+
+
+async def enter_authenticator(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    accounts: UserLookup,
+    users: UserLookup,
+    measured: metrics.Metrics | None = None,
+) -> Authenticator:
+    """The authenticator, reading ``accounts`` (a cache in front of ``users``, or ``users``),
+    with its throttle, its verification thread pool and the batched last-login writes to
+    ``users``; started (its dummy hash computed before the first client can time a
+    rejection)."""
+    # A worker's settings carry its share already; one process has every core.
+    threads = verify_threads(settings.password_verify_threads, workers=1)
+    executor = ThreadPoolExecutor(
+        max_workers=threads,
+        thread_name_prefix="verify",
+        initializer=passwords.lower_thread_priority,
+    )
+    stack.callback(executor.shutdown, wait=True, cancel_futures=True)
+    logins = await stack.enter_async_context(LoginRecorder(users))
+    throttle = LoginThrottle(
+        settings.throttle_settings(),
+        observer=ThrottleMetrics(measured) if measured is not None else None,
+    )
+    authenticator = Authenticator(
+        accounts,
+        executor,
+        logins,
+        throttle=throttle,
+        max_concurrent=threads,
+    )
+    await authenticator.start()
+    stack.callback(authenticator.close)
+    return authenticator
+
+
+async def enter_audit_log(
+    stack: contextlib.AsyncExitStack, settings: Settings, engine: AsyncEngine
+) -> AuditLog:
+    """This node's audit writer (its spill file replayed, a crashed predecessor's rows
+    closed). Entered before the server, so it is flushed after the server has stopped and
+    every client's entry is in."""
+    return await stack.enter_async_context(
+        AuditLog(
+            SqlAuditStore(engine),
+            node=settings.node_name,
+            spill_path=settings.audit_spill_path
+            or default_audit_spill_path(settings.database_url, settings.node_name),
+        )
+    )
+
+
+async def enter_audit_observer(
+    stack: contextlib.AsyncExitStack, settings: Settings, audit_log: AuditLog
+) -> AuditObserver:
+    """What turns the server's connections into ``audit_log``'s entries, with its task
+    writing long tunnels' interim counts."""
+    observer = AuditObserver(audit_log, settings.node_name)
+    if settings.audit_interim_seconds is not None:
+        await _enter_task(
+            stack, observer.run_interim(settings.audit_interim_seconds), "audit-interim"
+        )
+    return observer
+
+
+async def enter_admin(
+    stack: contextlib.AsyncExitStack,
+    engine: AsyncEngine,
+    admin_socket: socket.socket,
+    measured: metrics.Metrics,
+    audit_log: AuditLog,
+    authenticator: Authenticator,
+    servers: Sequence[ProxyServer],
+) -> AdminListener:
+    """The admin listener on ``admin_socket``: metrics, readiness (of ``servers``' one
+    server, once it is there) and the dashboard."""
+    needed = migrate.head()
+
+    async def readiness() -> str | None:
+        if not servers or not servers[0].listening:
+            return "the proxy is not listening"
+        problem = await migrate.readiness_problem(engine, needed, READY_DATABASE_TIMEOUT_SECONDS)
+        if problem is not None and problem.startswith("database:"):
+            # Warm users are still served (/healthz stays 200); cold logins are
+            # refused (store_unavailable): send new clients to another node.
+            return f"{problem}; new logins cannot be checked"
+        return problem
+
+    dashboard = Dashboard(
+        sessions=SqlSessionStore(engine),
+        rules=SqlRuleStore(engine),
+        audit=SqlAuditStore(engine),
+        authorize=admin_authorizer(authenticator, SqlAdminCredentials(engine)),
+    )
+    return await _enter_admin_listener(
+        stack,
+        admin_socket,
+        measured,
+        AuditSampler(measured, audit_log),
+        readiness,
+        dashboard,
+    )
+
+
+async def enter_access(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    engine: AsyncEngine,
+    users: SqlUserStore,
+    cached_users: UserCache,
+    on_users_changed: Callable[[], None],
+) -> Access:
+    """The policy, limits and bandwidth the server applies, on the change feed and the shared
+    connection leases, current when returned (revision, rules, egress addresses)."""
+    changes = SqlChangeFeed(engine)
+    stack.push_async_callback(changes.close)
+    with database_errors():
+        leases = await stack.enter_async_context(SqlConnectionLeases(engine, settings.node_name))
+    access = Access(
+        settings,
+        rules=SqlRuleStore(engine),
+        users=users,
+        changes=changes,
+        on_users_changed=on_users_changed,
+        leases=leases,
+        usage=SqlTrafficUsage(engine),
+        egress_source=users,
+        kills=SqlSessionStore(engine),
+    )
+    # The next login after a change committed anywhere is decided on the new state.
+    cached_users.before_lookup = access.ensure_current
+    with database_errors():
+        # The revision first: a change made after it was read is one the watch sees.
+        await access.check_changes()
+        await access.load_rules()
+        await access.check_egress()
+    return access
+
+
+async def enter_proxy_server(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    authenticator: Authenticator,
+    observer: ConnectionObserver | None,
+    listen_sockets: Sequence[socket.socket] = (),
+    access: Access | None = None,
+) -> ProxyServer:
+    """The proxy, listening (and watching the accounts); entered last, so it stops first."""
+    return await stack.enter_async_context(
+        ProxyServer(settings, authenticator, observer, listen_sockets, access)
+    )
 
 
 def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
@@ -385,8 +472,7 @@ READY_DATABASE_TIMEOUT_SECONDS = 2.0
 
 async def _enter_admin_listener(
     stack: contextlib.AsyncExitStack,
-    settings: Settings,
-    admin_socket: socket.socket | None,
+    admin_socket: socket.socket,
     measured: metrics.Metrics,
     sampler: AuditSampler,
     readiness: Readiness,
@@ -404,9 +490,6 @@ async def _enter_admin_listener(
             await sampling
 
     stack.push_async_callback(stop_sampling)
-    if admin_socket is None:
-        assert settings.admin_listen is not None
-        admin_socket = bind_admin_socket(settings.admin_listen)
     return await stack.enter_async_context(
         AdminListener(
             admin_socket,
@@ -601,210 +684,3 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
-
-
-# What the supervisor handles: stop (SIGINT, SIGTERM), hurry (SIGQUIT), reload (SIGHUP).
-SUPERVISOR_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP})
-
-# A worker that dies sooner than this after its start is not restarted: it would only die again
-# (bad settings, a database that refuses us); the supervisor stops and reports instead.
-WORKER_MIN_UPTIME_SECONDS = 5.0
-
-
-def serve_workers(
-    settings: Settings, workers: int, reload_settings: Callable[[], Settings] | None = None
-) -> int:
-    """Run ``workers`` processes that share the listening ports (SO_REUSEPORT); supervise them.
-
-    The parent binds every socket once (so port 0 means the same port for all), forks the
-    workers, restarts one that dies unexpectedly, and returns the exit code once all have
-    exited. Each worker has its own event loop, database pool and audit node name
-    (``NODE/wN``), so crash recovery of one never touches another's rows.
-
-    Signals to the parent: SIGTERM/SIGINT → SIGTERM to every worker (graceful shutdown); the
-    second → SIGQUIT (close everything now); the third → SIGKILL. SIGQUIT → SIGQUIT. SIGHUP:
-    the parent checks ``reload_settings()`` and, when valid, forwards SIGHUP; each worker
-    reloads itself and binds new listen addresses with SO_REUSEPORT.
-    """
-    children: dict[int, tuple[int, float]] = {}  # pid → (worker index, start time)
-    stopping = False
-    stop_signals = 0
-    # A worker started after a reload reloads at once: it was forked with the first settings.
-    reloaded = False
-    exit_code = 0
-
-    def forward(signum: int, frame: object) -> None:
-        nonlocal stopping, stop_signals, exit_code
-        stopping = True
-        stop_signals = max(stop_signals + 1, 2 if signum == signal.SIGQUIT else 1)
-        name = signal.Signals(signum).name
-        if stop_signals == 1:
-            to_workers = signal.SIGTERM
-        elif stop_signals == 2:
-            log.warning("%s: the workers close every connection now", name)
-            to_workers = signal.SIGQUIT
-        else:
-            log.warning("%s: killing the workers", name)
-            to_workers = signal.SIGKILL
-            exit_code = 128 + signum
-        for pid in children:
-            os.kill(pid, to_workers)
-
-    def reload(signum: int, frame: object) -> None:
-        nonlocal reloaded
-        if stopping:
-            return
-        if reload_settings is not None:
-            try:
-                new = reload_settings()
-            except (ConfigError, OSError) as error:
-                log.error("reload failed, the settings in force stay: %s", error)
-                return
-            logs.configure(new.log_level, new.log_format)
-        reloaded = True
-        for pid in children:
-            os.kill(pid, signal.SIGHUP)
-
-    # Installed before the port is announced: a signal sent as soon as it is logged must not
-    # meet its default action (SIGHUP's and SIGQUIT's end the process).
-    for signum in SUPERVISOR_SIGNALS - {signal.SIGHUP}:
-        signal.signal(signum, forward)
-    signal.signal(signal.SIGHUP, reload)
-
-    run(_check_database(settings.database_url))
-    socket_sets = bind_listeners(settings, workers)
-    bound = tuple(
-        ListenAddress(host=sock.getsockname()[0], port=sock.getsockname()[1])
-        for sock in socket_sets[0]
-    )
-    for address in bound:
-        log.info("listening on %s (%d workers)", address, workers)
-    # What a restarted worker binds: the real ports, also where the settings said port 0.
-    rebind_settings = dataclasses.replace(settings, listen=bound)
-    # The admin listener: one socket, kept open here so that a restarted worker serves it
-    # too; each worker's metrics go to files in one directory, summed by whichever answers.
-    admin_socket = None
-    metrics_directory = None
-    if settings.admin_listen is not None:
-        admin_socket = bind_admin_socket(settings.admin_listen)
-        metrics_directory = Path(tempfile.mkdtemp(prefix="socksauth-metrics-"))
-        metrics.use_multiprocess_directory(metrics_directory)
-
-    def start(index: int) -> None:
-        # Held back until the new worker is in ``children`` (and, in the worker, until its
-        # own handlers are set): a reload or stop between fork and bookkeeping would miss it.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 1
-            try:
-                # Ctrl-C reaches the whole process group; the supervisor decides what it
-                # means for the workers (SIGTERM, SIGQUIT the second time, then SIGKILL).
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGQUIT, signal.SIG_DFL)
-                # A reload asked for before the worker's loop handles SIGHUP is done as soon
-                # as the worker has started (as after a reload that preceded its fork).
-                reload_pending = reloaded
-
-                def note_reload(signum: int, frame: object) -> None:
-                    nonlocal reload_pending
-                    reload_pending = True
-
-                signal.signal(signal.SIGHUP, note_reload)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                for other, sockets in enumerate(socket_sets):
-                    if other != index:
-                        for sock in sockets:
-                            sock.close()
-                worker_settings = _for_worker(settings, index, workers)
-                worker_reload = None
-                if reload_settings is not None:
-                    worker_reload = functools.partial(
-                        _worker_settings, reload_settings, index, workers
-                    )
-
-                async def catch_up(server: ProxyServer) -> None:
-                    if reload_pending:
-                        await reload_server(server, worker_reload)
-
-                run(
-                    serve(
-                        worker_settings,
-                        on_ready=catch_up,
-                        listen_sockets=socket_sets[index],
-                        signals=(signal.SIGTERM,),
-                        reload_settings=worker_reload,
-                        repeat_hurries=False,
-                        admin_socket=admin_socket,
-                    )
-                )
-                code = 0
-            except BaseException:
-                log.exception("worker %d failed", index)
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children[pid] = (index, time.monotonic())
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-    # The workers share what the supervisor built (the imported modules, mostly) copy-on-write;
-    # a full collection in a worker would write every one of those objects' GC headers and so
-    # copy their pages (~10 MiB per worker, soon after the first thousand tunnels).
-    gc.freeze()
-    for index in range(workers):
-        if not stopping:
-            start(index)
-    for sockets in socket_sets:
-        for sock in sockets:
-            sock.close()  # the workers hold their own copies
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        index, started = children.pop(pid)
-        code = os.waitstatus_to_exitcode(status)
-        if metrics_directory is not None:
-            metrics.forget_process(metrics_directory, pid)
-        if stopping or code == 0:
-            exit_code = exit_code or (code if code > 0 else 0)
-            continue
-        if time.monotonic() - started < WORKER_MIN_UPTIME_SECONDS:
-            log.error("worker %d exited with %d right after starting; stopping", index, code)
-            exit_code = 1
-            stopping = True
-            for other in children:
-                os.kill(other, signal.SIGTERM)
-            continue
-        log.error("worker %d exited with %d; restarting it", index, code)
-        # The listening sockets were closed in the parent: a restarted worker binds anew on
-        # the same port, which SO_REUSEPORT allows while the others keep serving.
-        socket_sets[index] = bind_listeners(rebind_settings, 1)[0]
-        start(index)
-        for sock in socket_sets[index]:
-            sock.close()
-    if admin_socket is not None:
-        admin_socket.close()
-    if metrics_directory is not None:
-        shutil.rmtree(metrics_directory, ignore_errors=True)
-    return exit_code
-
-
-def _for_worker(settings: Settings, index: int, workers: int) -> Settings:
-    """A worker's settings: its own audit node name and its share of the verification threads."""
-    return dataclasses.replace(
-        settings,
-        node_name=f"{settings.node_name}/w{index}",
-        password_verify_threads=verify_threads(settings.password_verify_threads, workers),
-    )
-
-
-def _worker_settings(reload_settings: Callable[[], Settings], index: int, workers: int) -> Settings:
-    """What a worker reloads: the settings read again, made that worker's."""
-    return _for_worker(reload_settings(), index, workers)
-
-
-async def _check_database(database_url: str) -> None:
-    async with current_engine(database_url):
-        pass

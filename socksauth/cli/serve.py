@@ -15,6 +15,7 @@ from socksauth.config import Settings
 from socksauth.errors import UserError
 from socksauth.server.listener import ProxyServer
 from socksauth.settings_source import SettingsSource
+from socksauth.supervisor import WORKER_MIN_UPTIME_SECONDS, Supervisor
 
 
 def _load(flags: dict[str, Any]) -> tuple[SettingsSource, Settings]:
@@ -26,7 +27,15 @@ def _load(flags: dict[str, Any]) -> tuple[SettingsSource, Settings]:
 
 @click.command()
 @settings_options()
-def serve(**flags: Any) -> None:
+# For tests that kill a worker: they need not wait out the crash-loop guard first.
+@click.option(
+    "--worker-min-uptime",
+    type=click.FloatRange(min=0),
+    default=WORKER_MIN_UPTIME_SECONDS,
+    hidden=True,
+    help="Seconds a worker must have run for its failure to restart it rather than stop all.",
+)
+def serve(worker_min_uptime: float, **flags: Any) -> None:
     """Run the proxy until SIGTERM or SIGINT (a graceful shutdown: connections get
     --shutdown-grace seconds; a second signal closes them at once). SIGHUP reloads the
     settings without dropping connections."""
@@ -41,7 +50,9 @@ def serve(**flags: Any) -> None:
         # The supervisor runs no event loop of its own: it forks, and forking a process
         # with a running loop would copy that loop into every worker.
         with reported_errors():
-            code = app.serve_workers(settings, workers, reload_settings=source.load)
+            code = Supervisor(
+                settings, workers, reload_settings=source.load, min_uptime=worker_min_uptime
+            ).run()
         sys.exit(code)
 
 
