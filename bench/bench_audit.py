@@ -35,8 +35,8 @@ from socksauth.audit import AuditLog, new_entry_id
 from socksauth.auth import accounts
 from socksauth.auth.authenticator import Authenticator, LoginRecorder
 from socksauth.config import ListenAddress, Settings, verify_threads
+from socksauth.connection_record import ConnectionObserver
 from socksauth.server.audit import AuditObserver
-from socksauth.server.client import ConnectionObserver
 from socksauth.server.listener import ProxyServer
 from socksauth.store import migrate
 from socksauth.store.audit import SqlAuditStore

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, cast
-from uuid import UUID
 
 from socksauth import protocol
 from socksauth.auth.authenticator import Authenticator, LoginRefusal, LoginResult
 from socksauth.config import ListenAddress, Settings
+from socksauth.connection_record import ConnectionObserver, ConnectionRecord, NoObserver, Outcome
 from socksauth.errors import StoreUnavailable
 from socksauth.logs import get_logger
 from socksauth.protocol import (
@@ -38,19 +34,17 @@ from socksauth.protocol import (
     ServerConnection,
 )
 from socksauth.protocol.address import ip_literal
-from socksauth.protocol.detect import Kind, detect
+from socksauth.protocol.detect import Kind
 from socksauth.protocol.events import ClientEvent
-from socksauth.protocol.http import ProxyConnection, ProxyRequest, RequestForm
+from socksauth.protocol.http import ProxyRequest, RequestForm
 from socksauth.protocol.proxy_header import (
     HeaderKind,
-    ProxyHeader,
     ProxyHeaderError,
-    ProxyHeaderReader,
-    starts_like_header,
 )
 from socksauth.server.access import Access
 from socksauth.server.bind import Binding, expected_peers
 from socksauth.server.egress import Egress, split_session
+from socksauth.server.handshake import HandshakeProtocol
 from socksauth.server.http import HttpExchange
 from socksauth.server.limits import ClientSlot, Refusal, UserLease
 from socksauth.server.outbound import (
@@ -67,43 +61,6 @@ from socksauth.store.interfaces import UserRecord
 
 log = get_logger("client")
 
-# Handshake reads are small; data beyond this stays in the kernel until we ask for it.
-_HANDSHAKE_READ_BYTES = 4096
-# The handshake's read buffer before the first read and after the handshake: a tunnel lives
-# for hours and never reads through this protocol again, so it must not keep 4 KiB for it.
-_NO_BUFFER = memoryview(bytearray(0))
-
-
-class Outcome(enum.Enum):
-    """How a client connection ended, as logged and audited."""
-
-    CLOSED = "closed"
-    CLIENT_ERROR = "client_error"
-    TARGET_ERROR = "target_error"
-    SHUTDOWN = "shutdown"
-    NO_ACCEPTABLE_METHOD = "no_acceptable_method"
-    AUTH_FAILED = "auth_failed"
-    THROTTLED = "throttled"  # login failed after a throttle delay, or too many were delayed
-    LOCKED_OUT = "locked_out"  # login refused unverified: the (user, address) pair is locked
-    PROTOCOL_ERROR = "protocol_error"
-    HANDSHAKE_TIMEOUT = "handshake_timeout"
-    CLIENT_GONE = "client_gone"  # closed during the handshake
-    UNSUPPORTED = "unsupported"
-    CONNECT_FAILED = "connect_failed"
-    BIND_FAILED = "bind_failed"  # BIND: could not listen, or nobody connected in time
-    IDLE_TIMEOUT = "idle_timeout"  # nothing moved for idle_timeout_seconds (UDP: udp_…)
-    DENIED = "denied"  # the destination policy refused the request (reply 0x02)
-    LIMIT_EXCEEDED = "limit_exceeded"  # the user's max_connections were in use (reply 0x02)
-    REVOKED = "revoked"  # ended because the account was disabled, deleted, expired or changed
-    REFUSED = "refused"  # not admitted at accept: a cap, or not an allowed client network
-    STORE_UNAVAILABLE = "store_unavailable"  # login not checkable: the store is down (0x01)
-    AUTH_REQUIRED = "auth_required"  # HTTP: no credentials, answered 407 (not audited)
-    QUOTA_EXCEEDED = "quota_exceeded"  # traffic quota used up: request refused (0x02) or ended
-    WRONG_NETWORK = "wrong_network"  # right password, client outside the user's networks
-    KILLED = "killed"  # ended by `socksauth sessions kill` (the audit row says who asked)
-    ERROR = "error"
-
-
 _OUTCOME_BY_REFUSAL = {
     LoginRefusal.AUTH_FAILED: Outcome.AUTH_FAILED,
     LoginRefusal.THROTTLED: Outcome.THROTTLED,
@@ -117,234 +74,6 @@ _OUTCOME_BY_CLOSE = {
     CloseReason.SHUTDOWN: Outcome.SHUTDOWN,
     CloseReason.IDLE_TIMEOUT: Outcome.IDLE_TIMEOUT,
 }
-
-
-@dataclass(slots=True, kw_only=True)
-class ConnectionRecord:
-    """What one client did, filled in as it happens: the log line and the audit read it."""
-
-    client_host: str
-    client_port: int
-    started_at: datetime  # wall clock, UTC, for the audit
-    started: float  # monotonic, for the duration
-    ended_at: datetime | None = None
-    duration_seconds: float = 0.0
-    username: str | None = None
-    command: Command | None = None
-    target: Address | None = None  # as the client asked for it
-    dialed: str | None = None  # the address actually connected to (host:port)
-    reply: Reply | None = None
-    outcome: Outcome = Outcome.ERROR
-    bytes_from_client: int = 0
-    bytes_to_client: int = 0
-    datagrams_from_client: int = 0  # UDP ASSOCIATE only
-    datagrams_to_client: int = 0
-    audit_id: UUID | None = None  # set by the observer that writes the audit row
-    datagrams_dropped: int = 0  # UDP: wrong source, FRAG != 0, malformed, not allowed, …
-    protocol: Kind = Kind.SOCKS5  # or HTTP: what the client spoke (its first byte)
-    requests: int = 0  # HTTP absolute-form requests forwarded on this connection
-    # While a tunnel or association runs: its byte counts so far (from, to the client), for
-    # the audit's interim updates. Read every few seconds, never per byte.
-    live_counts: Callable[[], tuple[int, int]] | None = None
-
-    @property
-    def client(self) -> str:
-        host = f"[{self.client_host}]" if ":" in self.client_host else self.client_host
-        return f"{host}:{self.client_port}"
-
-
-class ConnectionObserver(Protocol):
-    """Told when a tunnel, association or binding opens and when a client is done (the audit).
-
-    Both are called on the event loop and must neither block nor raise.
-    """
-
-    def opened(self, record: ConnectionRecord) -> None: ...
-
-    def finished(self, record: ConnectionRecord) -> None: ...
-
-
-class NoObserver:
-    """The observer when nothing is audited (tests and benchmarks of the proxy alone)."""
-
-    def opened(self, record: ConnectionRecord) -> None:
-        pass
-
-    def finished(self, record: ConnectionRecord) -> None:
-        pass
-
-
-class Observers:
-    """Several observers as one (the audit and the metrics), told in the order given."""
-
-    __slots__ = ("_observers",)
-
-    def __init__(self, *observers: ConnectionObserver) -> None:
-        self._observers = observers
-
-    def opened(self, record: ConnectionRecord) -> None:
-        for observer in self._observers:
-            observer.opened(record)
-
-    def finished(self, record: ConnectionRecord) -> None:
-        for observer in self._observers:
-            observer.finished(record)
-
-
-class _HandshakeProtocol(asyncio.BufferedProtocol):
-    """Feeds the client's bytes to the sans-IO core while the handshake runs.
-
-    Reading is paused except while the handler waits for data, so whatever a client
-    pipelines stays in the kernel's socket buffer, not in our memory.
-    """
-
-    def __init__(
-        self,
-        conn: ServerConnection,
-        load_balancers: Settings | None = None,
-        *,
-        http_enabled: bool = False,
-    ) -> None:
-        """``load_balancers``: the settings when proxy_protocol_networks is set, else None;
-        ``http_enabled``: the first byte decides between SOCKS5 and an HTTP proxy client."""
-        self._conn = conn
-        # Where the client's bytes go. With HTTP on, the first read picks the parser from
-        # its first byte (_detect) and sends everything there, that read included; without,
-        # straight to the SOCKS5 core as always.
-        self._receive = self._detect if http_enabled else conn.receive_data
-        self.kind: Kind | None = None if http_enabled else Kind.SOCKS5
-        self.http: ProxyConnection | None = None
-        self._writable: asyncio.Future[None] | None = None
-        self._load_balancers = load_balancers
-        self._view = _NO_BUFFER
-        self._last_read = 0
-        # Set while a load balancer's PROXY header is awaited: bytes go there first.
-        self._header_reader: ProxyHeaderReader | None = None
-        self.from_load_balancer = False
-        self.proxy_header: ProxyHeader | None = None
-        self.transport: asyncio.Transport | None = None
-        self.connected: asyncio.Future[asyncio.Transport] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
-        self.lost = False
-        self.eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.pause_reading()
-        if self._load_balancers is not None:
-            # Decided here, before the first read: uvloop may deliver data right after
-            # connection_made, and a load balancer's first bytes are its header.
-            peer = transport.get_extra_info("peername")
-            if peer and self._load_balancers.is_load_balancer(peer[0]):
-                self.from_load_balancer = True
-                self._header_reader = ProxyHeaderReader()
-        self.connected.set_result(self.transport)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if not self._view:
-            self._view = memoryview(bytearray(_HANDSHAKE_READ_BYTES))
-        return self._view
-
-    def release_buffer(self) -> None:
-        """Drop the read buffer (the handshake is over); a later read allocates a new one."""
-        self._view = _NO_BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
-        assert self.transport is not None
-        self.transport.pause_reading()
-        self._last_read = nbytes
-        try:
-            if self._header_reader is None:
-                self._receive(self._view[:nbytes])
-            else:
-                self._receive_header(self._view[:nbytes])
-        except protocol.ProtocolError as error:
-            self._error = error
-        self._wake()
-
-    def _receive_header(self, data: memoryview) -> None:
-        assert self._header_reader is not None
-        header = self._header_reader.receive_data(data)
-        if header is not None:
-            self._header_reader = None
-            self.proxy_header = header
-            if header.trailing_data:
-                self._receive(header.trailing_data)
-
-    def _detect(self, data: bytes | memoryview) -> None:
-        """The first bytes: SOCKS5 (or garbage, which the SOCKS5 core refuses as before) or
-        HTTP; they and all that follow go to that protocol's parser, in order."""
-        kind = detect(data[0]) if data else Kind.SOCKS5
-        if kind is Kind.HTTP and starts_like_header(data):
-            kind = Kind.SOCKS5  # "PROXY …" from a load balancer we do not know: refused as such
-        self.kind = kind
-        if kind is Kind.HTTP:
-            self.http = ProxyConnection()
-            self._receive = self.http.receive_data
-        else:
-            self._receive = self._conn.receive_data
-        self._receive(data)
-
-    def pause_writing(self) -> None:
-        if self._writable is None:
-            self._writable = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self._writable is not None:
-            if not self._writable.done():
-                self._writable.set_result(None)
-            self._writable = None
-
-    async def drain(self) -> None:
-        """Returns once the transport takes more (HTTP forwarding's flow control)."""
-        if self._writable is not None:
-            await self._writable
-
-    def last_read_was_proxy_header(self) -> bool:
-        """Whether the most recent read began like a PROXY header (for a clearer error when
-        a load balancer that is not in proxy_protocol_networks sends one)."""
-        return starts_like_header(self._view[: self._last_read])
-
-    def _end_of_stream(self) -> None:
-        try:
-            if self._header_reader is not None:
-                self._receive_header(self._view[:0])
-            self._receive(b"")
-        except protocol.ProtocolError as error:
-            self._error = error
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        self._end_of_stream()
-        return True  # keep the transport open: a half-closed client still gets its reply
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.resume_writing()
-        self._end_of_stream()  # harmless if the FIN came first
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def wait_for_data(self) -> None:
-        if self._error is not None:
-            raise self._error
-        assert self.transport is not None
-        self._waiter = asyncio.get_running_loop().create_future()
-        if not self.lost:
-            self.transport.resume_reading()
-        else:
-            self._waiter.set_result(None)
-        await self._waiter
-        self._waiter = None
-        if self._error is not None:
-            raise self._error
 
 
 class ClientConnection:
@@ -383,7 +112,7 @@ class ClientConnection:
         self._load_balancer_check = False
         self.user: UserRecord | None = None  # the account as it logged in
         self._conn = ServerConnection()
-        self.protocol = _HandshakeProtocol(
+        self.protocol = HandshakeProtocol(
             self._conn,
             settings if settings.proxy_protocol_networks else None,
             http_enabled=settings.http_enabled,
