@@ -47,6 +47,7 @@ from socksauth.server.egress import Egress, split_session
 from socksauth.server.handshake import HandshakeProtocol
 from socksauth.server.http import HttpExchange
 from socksauth.server.limits import ClientSlot, Refusal, UserLease
+from socksauth.server.no_access import NO_ACCESS
 from socksauth.server.outbound import (
     Dialer,
     NotAllowed,
@@ -88,13 +89,13 @@ class ClientConnection:
         access: Access | None = None,
         listener: ListenAddress | None = None,
     ) -> None:
-        """``access``: policy and limits (None: neither, for tests of the handshake alone);
+        """``access``: policy and limits (None: neither, the shared ``NO_ACCESS``);
         ``listener``: the listen address the client came in on, for its client networks."""
         self._settings = settings
         self._authenticator = authenticator
         self._dialer = dialer
         self._observer = observer or NoObserver()
-        self._access = access
+        self._access = access if access is not None else NO_ACCESS
         self._listener = listener
         self._slot: ClientSlot | None = None
         self._lease: UserLease | None = None
@@ -223,8 +224,7 @@ class ClientConnection:
                 record.requests = self._http.requests
                 record.bytes_from_client = self._http.bytes_from_client
                 record.bytes_to_client = self._http.bytes_to_client
-            if self._access is not None:
-                self._access.quotas.finished(self)
+            self._access.quotas.finished(self)
             record.duration_seconds = time.monotonic() - record.started
             record.ended_at = record.started_at + timedelta(seconds=record.duration_seconds)
             if self._load_balancer_check and record.outcome is Outcome.CLIENT_GONE:
@@ -247,8 +247,6 @@ class ClientConnection:
         """
         if self._listener is not None and not self._listener.admits(client_host):
             raise Refusal(f"not in the client networks of {self._listener}")
-        if self._access is None:
-            return
         slot = self._slot = self._access.connections.admit(client_host)
         if slot.started:
             return
@@ -487,7 +485,7 @@ class ClientConnection:
             self._open_origin,
             self._same_login,
             self._settings.idle_timeout_seconds,
-            None if self._access is None else self._access.bandwidth.buckets(self.user),
+            self._access.bandwidth.buckets(self.user),
         )
         if record.outcome is Outcome.ERROR:  # not ended by a refused or failed request
             record.outcome = Outcome.CLOSED
@@ -503,7 +501,7 @@ class ClientConnection:
         record, transport = self.record, self._transport
         assert record is not None and transport is not None
         first = record.reply is None
-        if not first and self._access is not None:
+        if not first:
             # The connection's lease is held since the first request: the policy only.
             verdict = self._request_verdict(Command.CONNECT, target)
             if verdict is not None and not verdict.allowed:
@@ -571,8 +569,6 @@ class ClientConnection:
         """The per-user connection limit, then the policy for what the request alone tells;
         replies CONNECTION_NOT_ALLOWED and returns False when refused."""
         access = self._access
-        if access is None:
-            return True
         user = self.user
         if (
             user is not None
@@ -603,7 +599,6 @@ class ClientConnection:
 
     def _request_verdict(self, command: Command, target: Address) -> Verdict | None:
         """The policy's verdict on what a request alone tells (None: decided per address)."""
-        assert self._access is not None
         username = None if self.user is None else self.user.username
         policy = self._access.policy
         verdict: Verdict | None
@@ -637,8 +632,6 @@ class ClientConnection:
 
     def _allows(self, command: Command, name: str | None, ip: str, port: int) -> bool:
         """The policy's verdict on one resolved address; a refusal is kept for the log."""
-        if self._access is None:
-            return True
         address = parse_address(ip)
         if address is None:
             return False
@@ -679,8 +672,6 @@ class ClientConnection:
 
     def _egress(self) -> Egress | None:
         """Where this request's outbound traffic leaves from (None: the system chooses)."""
-        if self._access is None:
-            return None
         return self._access.egress.choose(self.user, self._session)
 
     async def _tunnel(
@@ -696,9 +687,9 @@ class ClientConnection:
         loop = asyncio.get_running_loop()
         relay = Relay(
             self._settings.relay_buffer_bytes,
-            buckets=None if self._access is None else self._access.bandwidth.buckets(self.user),
+            buckets=self._access.bandwidth.buckets(self.user),
             idle_timeout_seconds=self._settings.idle_timeout_seconds,
-            budget=None if self._access is None else self._access.relay_budget,
+            budget=self._access.relay_budget,
         )
         try:
             target_transport, _ = await loop.create_connection(
@@ -790,8 +781,8 @@ class ClientConnection:
             # Only the port is used; datagrams must come from the control connection's IP.
             client_port=declared.port,
             idle_timeout_seconds=self._settings.udp_idle_timeout_seconds,
-            allow=None if self._access is None else self._datagram_allowed,
-            allow_resolved=None if self._access is None else self._resolved_datagram_allowed,
+            allow=self._datagram_allowed,
+            allow_resolved=self._resolved_datagram_allowed,
             source=None if egress is None else egress.source_for,
         )
         try:
@@ -826,7 +817,6 @@ class ClientConnection:
     def _datagram_allowed(self, target: Address) -> bool:
         """The policy for one datagram's destination (command udp). A name is checked as a
         name here; the association checks the address it resolves to as well."""
-        assert self._access is not None
         username = None if self.user is None else self.user.username
         verdict = self._access.policy.check_host(
             username, Command.UDP_ASSOCIATE, target.host, target.port
