@@ -42,7 +42,8 @@ from socksauth.protocol.proxy_header import (
     ProxyHeaderError,
 )
 from socksauth.server.access import Access
-from socksauth.server.bind import Binding, expected_peers
+from socksauth.server.bind import BindCommand
+from socksauth.server.connect import ConnectCommand
 from socksauth.server.egress import Egress, split_session
 from socksauth.server.handshake import HandshakeProtocol
 from socksauth.server.http import HttpExchange
@@ -52,12 +53,11 @@ from socksauth.server.outbound import (
     Dialer,
     NotAllowed,
     ResolvedAddress,
-    has_egress_failure,
     reply_for_error,
 )
 from socksauth.server.policy import Verdict, parse_address
 from socksauth.server.relay import CloseReason, Relay
-from socksauth.server.udp import AssociationEnd, UdpAssociation, normalise_host
+from socksauth.server.udp import UdpAssociation, UdpCommand
 from socksauth.store.interfaces import UserRecord
 
 log = get_logger("client")
@@ -77,7 +77,7 @@ _OUTCOME_BY_CLOSE = {
 }
 
 
-class ClientConnection:
+class ClientConnection(ConnectCommand, BindCommand, UdpCommand):
     """One client from accept to close: handshake, authentication, command, tunnel."""
 
     def __init__(
@@ -642,189 +642,9 @@ class ClientConnection:
             self._denial = verdict
         return verdict.allowed
 
-    async def _connect(
-        self, transport: asyncio.Transport, target: Address, record: ConnectionRecord
-    ) -> None:
-        name = target.host if target.type is AddressType.DOMAINNAME else None
-
-        def allow(resolved: ResolvedAddress) -> bool:
-            return self._allows(
-                Command.CONNECT, name, str(resolved.sockaddr[0]), resolved.sockaddr[1]
-            )
-
-        egress = self._egress()
-        try:
-            sock = await self._dialer.connect(
-                target, allow, None if egress is None else egress.source_for
-            )
-        except NotAllowed:
-            self._deny(transport, record, self._denial)
-            return
-        except OSError as error:  # TimeoutError and socket.gaierror are OSErrors too
-            reply = reply_for_error(error)
-            if has_egress_failure(error):
-                log.warning("%s: CONNECT %s: %s", record.client, target, error)
-            log.info("%s: CONNECT %s failed: %s (%s)", record.client, target, reply.name, error)
-            self._reply(transport, reply, record)
-            record.outcome = Outcome.CONNECT_FAILED
-            return
-        await self._tunnel(transport, sock, record, reply_with_peer=False)
-
     def _egress(self) -> Egress | None:
         """Where this request's outbound traffic leaves from (None: the system chooses)."""
         return self._access.egress.choose(self.user, self._session)
-
-    async def _tunnel(
-        self,
-        transport: asyncio.Transport,
-        sock: socket.socket,
-        record: ConnectionRecord,
-        *,
-        reply_with_peer: bool,
-    ) -> None:
-        """Reply success, then hand the client and ``sock`` (target or BIND peer) to a relay;
-        run() waits for it to end."""
-        loop = asyncio.get_running_loop()
-        relay = Relay(
-            self._settings.relay_buffer_bytes,
-            buckets=self._access.bandwidth.buckets(self.user),
-            idle_timeout_seconds=self._settings.idle_timeout_seconds,
-            budget=self._access.relay_budget,
-        )
-        try:
-            target_transport, _ = await loop.create_connection(
-                lambda: relay.target_protocol, sock=sock
-            )
-        except BaseException:
-            sock.close()
-            raise
-        # Nothing from the target reaches the client before the success reply: the relay
-        # holds the target's reading (and any early bytes) until attach_client.
-        bound = target_transport.get_extra_info("sockname")
-        peer = target_transport.get_extra_info("peername")
-        record.dialed = str(Address.from_host(peer[0], peer[1]))
-        if reply_with_peer:
-            # RFC 1928 §6: in the second BIND reply "the BND.PORT and BND.ADDR fields contain
-            # the address and port number of the connecting host".
-            reply_address = Address.from_host(normalise_host(peer[0]), peer[1])
-        else:
-            # RFC 1928 §6: BND.ADDR/BND.PORT carry "the associated IP address" — the address
-            # the proxy used to connect to the target.
-            reply_address = Address.from_host(bound[0], bound[1])
-        self._reply(transport, Reply.SUCCEEDED, record, reply_address)
-        if self._http is None:
-            trailing, client_eof = self._conn.trailing_data
-        else:  # bytes pipelined after the CONNECT head belong to the tunnel too
-            trailing, client_eof = self._http.trailing_data
-        self.relay = relay
-        record.live_counts = relay.bytes_counts
-        relay.attach_client(transport, trailing, client_eof)
-
-    async def _bind(
-        self, transport: asyncio.Transport, requested: Address, record: ConnectionRecord
-    ) -> None:
-        """RFC 1928 §6 BIND: listen, first reply, accept the expected peer, second reply, relay."""
-        try:
-            async with asyncio.timeout(self._settings.connect_timeout_seconds):
-                expected = await expected_peers(requested)
-            if expected is not None and requested.type is AddressType.DOMAINNAME:
-                expected = frozenset(
-                    ip
-                    for ip in expected
-                    if self._allows(Command.BIND, requested.host, ip, requested.port)
-                )
-                if not expected:
-                    self._deny(transport, record, self._denial)
-                    return
-            binding = Binding(transport.get_extra_info("sockname")[0])
-        except (OSError, UnicodeError) as error:  # gaierror, timeout, EADDRNOTAVAIL, bad name
-            reply = reply_for_error(error)
-            log.info("%s: BIND %s failed: %s (%s)", record.client, requested, reply.name, error)
-            self._reply(transport, reply, record)
-            record.outcome = Outcome.BIND_FAILED
-            return
-        with binding:
-            # RFC 1928 §6: "The first is sent after the server creates and binds a new socket."
-            self._reply(transport, Reply.SUCCEEDED, record, binding.address)
-            try:
-                async with asyncio.timeout(self._settings.bind_timeout_seconds):
-                    sock = await binding.accept(expected, self._client_gone())
-            except TimeoutError:
-                # Nobody (expected) connected in time: "TTL expired", as for a CONNECT that
-                # timed out (reply_for_error).
-                log.info("%s: BIND %s: no connection in time", record.client, binding.address)
-                self._reply(transport, Reply.TTL_EXPIRED, record)
-                record.outcome = Outcome.BIND_FAILED
-                return
-        if sock is None:
-            record.outcome = Outcome.CLIENT_GONE
-            return
-        # "The second reply occurs only after the anticipated incoming connection succeeds".
-        await self._tunnel(transport, sock, record, reply_with_peer=True)
-
-    async def _client_gone(self) -> None:
-        """Returns once the client closes (EOF counts: a client that stops sending before
-        the second BIND reply has given up); bytes it sends meanwhile are kept for the
-        tunnel (trailing data), as are bytes pipelined after the request."""
-        while not (self.protocol.lost or self.protocol.eof):
-            await self.protocol.wait_for_data()
-
-    async def _associate(
-        self, transport: asyncio.Transport, declared: Address, record: ConnectionRecord
-    ) -> None:
-        """RFC 1928 §7 UDP ASSOCIATE: open the relay, reply with its address, relay until the
-        control connection closes or the association is idle too long."""
-        egress = self._egress()
-        association = UdpAssociation(
-            client_host=record.client_host,
-            # DST.ADDR/DST.PORT: where the client will send from, zeros if it does not know.
-            # Only the port is used; datagrams must come from the control connection's IP.
-            client_port=declared.port,
-            idle_timeout_seconds=self._settings.udp_idle_timeout_seconds,
-            allow=self._datagram_allowed,
-            allow_resolved=self._resolved_datagram_allowed,
-            source=None if egress is None else egress.source_for,
-        )
-        try:
-            bound = await association.open(transport.get_extra_info("sockname")[0])
-        except OSError as error:
-            reply = reply_for_error(error)
-            if has_egress_failure(error):
-                log.warning("%s: UDP ASSOCIATE: %s", record.client, error)
-            log.info("%s: UDP ASSOCIATE failed: %s (%s)", record.client, reply.name, error)
-            self._reply(transport, reply, record)
-            record.outcome = Outcome.ERROR
-            return
-        self.association = association
-        counters = association.counters
-        record.live_counts = lambda: (counters.bytes_from_client, counters.bytes_to_client)
-        try:
-            self._reply(transport, Reply.SUCCEEDED, record, bound)
-            _, client_eof = self._conn.trailing_data  # nothing more is defined on this stream
-            end = await association.run(transport, client_eof)
-            closed = end is AssociationEnd.CLOSED
-            record.outcome = Outcome.CLOSED if closed else Outcome.IDLE_TIMEOUT
-        finally:
-            await association.aclose()
-            counters = association.counters
-            record.dialed = counters.first_target
-            record.datagrams_from_client = counters.datagrams_from_client
-            record.datagrams_to_client = counters.datagrams_to_client
-            record.bytes_from_client = counters.bytes_from_client
-            record.bytes_to_client = counters.bytes_to_client
-            record.datagrams_dropped = counters.dropped_total
-
-    def _datagram_allowed(self, target: Address) -> bool:
-        """The policy for one datagram's destination (command udp). A name is checked as a
-        name here; the association checks the address it resolves to as well."""
-        username = None if self.user is None else self.user.username
-        verdict = self._access.policy.check_host(
-            username, Command.UDP_ASSOCIATE, target.host, target.port
-        )
-        return verdict.allowed
-
-    def _resolved_datagram_allowed(self, name: str, ip: str, port: int) -> bool:
-        return self._allows(Command.UDP_ASSOCIATE, name, ip, port)
 
 
 def _log_finished(record: ConnectionRecord) -> None:
