@@ -1,4 +1,5 @@
-"""BIND: listen on a fresh port and accept the one inbound connection the client expects."""
+"""BIND: listen on a fresh port and accept the one inbound connection the client expects;
+``BindCommand`` answers the request with its two replies."""
 
 from __future__ import annotations
 

@@ -37,10 +37,7 @@ from socksauth.protocol.address import ip_literal
 from socksauth.protocol.detect import Kind
 from socksauth.protocol.events import ClientEvent
 from socksauth.protocol.http import ProxyRequest, RequestForm
-from socksauth.protocol.proxy_header import (
-    HeaderKind,
-    ProxyHeaderError,
-)
+from socksauth.protocol.proxy_header import HeaderKind, ProxyHeaderError
 from socksauth.server.access import Access
 from socksauth.server.bind import BindCommand
 from socksauth.server.connect import ConnectCommand
@@ -49,12 +46,7 @@ from socksauth.server.handshake import HandshakeProtocol
 from socksauth.server.http import HttpExchange
 from socksauth.server.limits import ClientSlot, Refusal, UserLease
 from socksauth.server.no_access import NO_ACCESS
-from socksauth.server.outbound import (
-    Dialer,
-    NotAllowed,
-    ResolvedAddress,
-    reply_for_error,
-)
+from socksauth.server.outbound import Dialer, NotAllowed, ResolvedAddress, reply_for_error
 from socksauth.server.policy import Verdict, parse_address
 from socksauth.server.relay import CloseReason, Relay
 from socksauth.server.udp import UdpAssociation, UdpCommand

@@ -5,6 +5,7 @@ the header and send the payload to the target from an outbound socket (one per a
 family, unconnected). A target's reply comes back to that outbound socket, gets a header
 with the target's address and goes to the client. Nothing is buffered beyond what the
 kernel and asyncio queue: a datagram that cannot be forwarded now is dropped and counted.
+``UdpCommand`` answers the request: opens the association, replies, runs it to its end.
 """
 
 from __future__ import annotations
