@@ -34,7 +34,7 @@ from socksauth.audit import AuditLog, new_entry_id
 from socksauth.auth import accounts
 from socksauth.auth.user_cache import UserCache
 from socksauth.config import ListenAddress, Settings
-from socksauth.server.client import ConnectionObserver
+from socksauth.connection_record import ConnectionObserver
 from socksauth.store import migrate
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.database import create_engine

@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from socksauth.audit import AuditLog
+from socksauth.connection_record import ConnectionRecord, Outcome
 from socksauth.protocol import Address, Command, Reply
 from socksauth.server.audit import INTERIM_CHUNK, AuditObserver
-from socksauth.server.client import ConnectionRecord, Outcome
 from socksauth.store.interfaces import AuditEntry
 
 

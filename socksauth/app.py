@@ -30,13 +30,13 @@ from socksauth.auth.throttle import LoginThrottle
 from socksauth.auth.throttle_sharing import SharedThrottle
 from socksauth.auth.user_cache import UserCache
 from socksauth.config import Settings, verify_threads
+from socksauth.connection_record import ConnectionObserver, Observers
 from socksauth.errors import ConfigError, DatabaseError
 from socksauth.health import describe
 from socksauth.logs import get_logger
 from socksauth.server.access import Access
 from socksauth.server.admin import AdminListener, Readiness, bind_admin_socket
 from socksauth.server.audit import AuditObserver
-from socksauth.server.client import ConnectionObserver, Observers
 from socksauth.server.dashboard import Authorize, Dashboard
 from socksauth.server.listener import (
     ProxyServer,

@@ -19,9 +19,8 @@ from socksauth.cli.options import (
     resolve_quota_time_zone,
     run_command,
 )
-from socksauth.server.client import Outcome
+from socksauth.connection_record import Outcome
 from socksauth.store.interfaces import (
-    INTERRUPTED,
     OPEN,
     PROTOCOLS,
     AuditEntry,
@@ -31,7 +30,7 @@ from socksauth.store.interfaces import (
 
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _DURATION = re.compile(r"(\d+)([smhdw])")
-OUTCOMES = sorted({outcome.value for outcome in Outcome} | {INTERRUPTED, OPEN})
+OUTCOMES = sorted({outcome.value for outcome in Outcome} | {OPEN})
 FORMATS = ("table", "json", "csv")
 
 

@@ -6,7 +6,7 @@ import click
 
 from socksauth import app
 from socksauth.cli.options import database_url_option, resolve_database_url, run_command
-from socksauth.server.policy import parse_rule
+from socksauth.rules import parse_rule
 from socksauth.store.interfaces import NewRule, RuleRecord
 
 

@@ -13,6 +13,7 @@ from uuid import UUID
 from socksauth.config import Settings
 from socksauth.health import Health
 from socksauth.logs import get_logger
+from socksauth.rules import COMMAND_NAMES, Action, Rule
 from socksauth.server.egress import EgressSelector, check_local
 from socksauth.server.limits import (
     ConnectionCaps,
@@ -20,7 +21,7 @@ from socksauth.server.limits import (
     TokenBucket,
     UserConnections,
 )
-from socksauth.server.policy import COMMAND_NAMES, Action, DestinationPolicy, Rule
+from socksauth.server.policy import DestinationPolicy
 from socksauth.server.quota import QuotaTracker
 from socksauth.server.relay import RelayBudget
 from socksauth.store.interfaces import (

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from socksauth.audit import AuditLog, new_entry_id
-from socksauth.server.client import ConnectionRecord, Outcome
+from socksauth.connection_record import ConnectionRecord, Outcome
 from socksauth.store.interfaces import AuditEntry
 
 # Handshakes that ended before a request but are worth a row: someone tried and was refused.

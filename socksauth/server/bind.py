@@ -1,4 +1,5 @@
-"""BIND: listen on a fresh port and accept the one inbound connection the client expects."""
+"""BIND: listen on a fresh port and accept the one inbound connection the client expects;
+``BindCommand`` answers the request with its two replies."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Awaitable
+from typing import Protocol
 
+from socksauth.config import Settings
+from socksauth.connection_record import ConnectionRecord, Outcome
 from socksauth.logs import get_logger
-from socksauth.protocol import Address, AddressType
+from socksauth.protocol import Address, AddressType, Command, Reply
+from socksauth.server.handshake import HandshakeProtocol
+from socksauth.server.outbound import reply_for_error
+from socksauth.server.policy import Verdict
 from socksauth.server.udp import normalise_host
 
 log = get_logger("bind")
+# The BIND handler logs as the client connection it serves.
+client_log = get_logger("client")
 
 # struct linger {l_onoff = 1, l_linger = 0}: close() sends RST instead of FIN.
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -108,3 +117,93 @@ class Binding:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _Client(Protocol):
+    """What the BIND handler uses of its ClientConnection (server/client.py)."""
+
+    _settings: Settings
+    _denial: Verdict | None
+    protocol: HandshakeProtocol
+
+    def _reply(
+        self,
+        transport: asyncio.Transport,
+        reply: Reply,
+        record: ConnectionRecord,
+        bound: Address | None = None,
+    ) -> None: ...
+
+    def _deny(
+        self, transport: asyncio.Transport, record: ConnectionRecord, verdict: Verdict | None
+    ) -> None: ...
+
+    def _allows(self, command: Command, name: str | None, ip: str, port: int) -> bool: ...
+
+    async def _tunnel(
+        self,
+        transport: asyncio.Transport,
+        sock: socket.socket,
+        record: ConnectionRecord,
+        *,
+        reply_with_peer: bool,
+    ) -> None: ...
+
+    async def _client_gone(self) -> None: ...
+
+
+class BindCommand:
+    """The BIND request (RFC 1928 §6), a part of ClientConnection."""
+
+    async def _bind(
+        self: _Client, transport: asyncio.Transport, requested: Address, record: ConnectionRecord
+    ) -> None:
+        """RFC 1928 §6 BIND: listen, first reply, accept the expected peer, second reply, relay."""
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout_seconds):
+                expected = await expected_peers(requested)
+            if expected is not None and requested.type is AddressType.DOMAINNAME:
+                expected = frozenset(
+                    ip
+                    for ip in expected
+                    if self._allows(Command.BIND, requested.host, ip, requested.port)
+                )
+                if not expected:
+                    self._deny(transport, record, self._denial)
+                    return
+            binding = Binding(transport.get_extra_info("sockname")[0])
+        except (OSError, UnicodeError) as error:  # gaierror, timeout, EADDRNOTAVAIL, bad name
+            reply = reply_for_error(error)
+            client_log.info(
+                "%s: BIND %s failed: %s (%s)", record.client, requested, reply.name, error
+            )
+            self._reply(transport, reply, record)
+            record.outcome = Outcome.BIND_FAILED
+            return
+        with binding:
+            # RFC 1928 §6: "The first is sent after the server creates and binds a new socket."
+            self._reply(transport, Reply.SUCCEEDED, record, binding.address)
+            try:
+                async with asyncio.timeout(self._settings.bind_timeout_seconds):
+                    sock = await binding.accept(expected, self._client_gone())
+            except TimeoutError:
+                # Nobody (expected) connected in time: "TTL expired", as for a CONNECT that
+                # timed out (reply_for_error).
+                client_log.info(
+                    "%s: BIND %s: no connection in time", record.client, binding.address
+                )
+                self._reply(transport, Reply.TTL_EXPIRED, record)
+                record.outcome = Outcome.BIND_FAILED
+                return
+        if sock is None:
+            record.outcome = Outcome.CLIENT_GONE
+            return
+        # "The second reply occurs only after the anticipated incoming connection succeeds".
+        await self._tunnel(transport, sock, record, reply_with_peer=True)
+
+    async def _client_gone(self: _Client) -> None:
+        """Returns once the client closes (EOF counts: a client that stops sending before
+        the second BIND reply has given up); bytes it sends meanwhile are kept for the
+        tunnel (trailing data), as are bytes pipelined after the request."""
+        while not (self.protocol.lost or self.protocol.eof):
+            await self.protocol.wait_for_data()

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, cast
-from uuid import UUID
 
 from socksauth import protocol
 from socksauth.auth.authenticator import Authenticator, LoginRefusal, LoginResult
 from socksauth.config import ListenAddress, Settings
+from socksauth.connection_record import ConnectionObserver, ConnectionRecord, NoObserver, Outcome
 from socksauth.errors import StoreUnavailable
 from socksauth.logs import get_logger
 from socksauth.protocol import (
@@ -38,71 +34,25 @@ from socksauth.protocol import (
     ServerConnection,
 )
 from socksauth.protocol.address import ip_literal
-from socksauth.protocol.detect import Kind, detect
+from socksauth.protocol.detect import Kind
 from socksauth.protocol.events import ClientEvent
-from socksauth.protocol.http import ProxyConnection, ProxyRequest, RequestForm
-from socksauth.protocol.proxy_header import (
-    HeaderKind,
-    ProxyHeader,
-    ProxyHeaderError,
-    ProxyHeaderReader,
-    starts_like_header,
-)
+from socksauth.protocol.http import ProxyRequest, RequestForm
+from socksauth.protocol.proxy_header import HeaderKind, ProxyHeaderError
 from socksauth.server.access import Access
-from socksauth.server.bind import Binding, expected_peers
+from socksauth.server.bind import BindCommand
+from socksauth.server.connect import ConnectCommand
 from socksauth.server.egress import Egress, split_session
+from socksauth.server.handshake import HandshakeProtocol
 from socksauth.server.http import HttpExchange
 from socksauth.server.limits import ClientSlot, Refusal, UserLease
-from socksauth.server.outbound import (
-    Dialer,
-    NotAllowed,
-    ResolvedAddress,
-    has_egress_failure,
-    reply_for_error,
-)
+from socksauth.server.no_access import NO_ACCESS
+from socksauth.server.outbound import Dialer, NotAllowed, ResolvedAddress, reply_for_error
 from socksauth.server.policy import Verdict, parse_address
 from socksauth.server.relay import CloseReason, Relay
-from socksauth.server.udp import AssociationEnd, UdpAssociation, normalise_host
+from socksauth.server.udp import UdpAssociation, UdpCommand
 from socksauth.store.interfaces import UserRecord
 
 log = get_logger("client")
-
-# Handshake reads are small; data beyond this stays in the kernel until we ask for it.
-_HANDSHAKE_READ_BYTES = 4096
-# The handshake's read buffer before the first read and after the handshake: a tunnel lives
-# for hours and never reads through this protocol again, so it must not keep 4 KiB for it.
-_NO_BUFFER = memoryview(bytearray(0))
-
-
-class Outcome(enum.Enum):
-    """How a client connection ended, as logged and audited."""
-
-    CLOSED = "closed"
-    CLIENT_ERROR = "client_error"
-    TARGET_ERROR = "target_error"
-    SHUTDOWN = "shutdown"
-    NO_ACCEPTABLE_METHOD = "no_acceptable_method"
-    AUTH_FAILED = "auth_failed"
-    THROTTLED = "throttled"  # login failed after a throttle delay, or too many were delayed
-    LOCKED_OUT = "locked_out"  # login refused unverified: the (user, address) pair is locked
-    PROTOCOL_ERROR = "protocol_error"
-    HANDSHAKE_TIMEOUT = "handshake_timeout"
-    CLIENT_GONE = "client_gone"  # closed during the handshake
-    UNSUPPORTED = "unsupported"
-    CONNECT_FAILED = "connect_failed"
-    BIND_FAILED = "bind_failed"  # BIND: could not listen, or nobody connected in time
-    IDLE_TIMEOUT = "idle_timeout"  # nothing moved for idle_timeout_seconds (UDP: udp_…)
-    DENIED = "denied"  # the destination policy refused the request (reply 0x02)
-    LIMIT_EXCEEDED = "limit_exceeded"  # the user's max_connections were in use (reply 0x02)
-    REVOKED = "revoked"  # ended because the account was disabled, deleted, expired or changed
-    REFUSED = "refused"  # not admitted at accept: a cap, or not an allowed client network
-    STORE_UNAVAILABLE = "store_unavailable"  # login not checkable: the store is down (0x01)
-    AUTH_REQUIRED = "auth_required"  # HTTP: no credentials, answered 407 (not audited)
-    QUOTA_EXCEEDED = "quota_exceeded"  # traffic quota used up: request refused (0x02) or ended
-    WRONG_NETWORK = "wrong_network"  # right password, client outside the user's networks
-    KILLED = "killed"  # ended by `socksauth sessions kill` (the audit row says who asked)
-    ERROR = "error"
-
 
 _OUTCOME_BY_REFUSAL = {
     LoginRefusal.AUTH_FAILED: Outcome.AUTH_FAILED,
@@ -119,235 +69,7 @@ _OUTCOME_BY_CLOSE = {
 }
 
 
-@dataclass(slots=True, kw_only=True)
-class ConnectionRecord:
-    """What one client did, filled in as it happens: the log line and the audit read it."""
-
-    client_host: str
-    client_port: int
-    started_at: datetime  # wall clock, UTC, for the audit
-    started: float  # monotonic, for the duration
-    ended_at: datetime | None = None
-    duration_seconds: float = 0.0
-    username: str | None = None
-    command: Command | None = None
-    target: Address | None = None  # as the client asked for it
-    dialed: str | None = None  # the address actually connected to (host:port)
-    reply: Reply | None = None
-    outcome: Outcome = Outcome.ERROR
-    bytes_from_client: int = 0
-    bytes_to_client: int = 0
-    datagrams_from_client: int = 0  # UDP ASSOCIATE only
-    datagrams_to_client: int = 0
-    audit_id: UUID | None = None  # set by the observer that writes the audit row
-    datagrams_dropped: int = 0  # UDP: wrong source, FRAG != 0, malformed, not allowed, …
-    protocol: Kind = Kind.SOCKS5  # or HTTP: what the client spoke (its first byte)
-    requests: int = 0  # HTTP absolute-form requests forwarded on this connection
-    # While a tunnel or association runs: its byte counts so far (from, to the client), for
-    # the audit's interim updates. Read every few seconds, never per byte.
-    live_counts: Callable[[], tuple[int, int]] | None = None
-
-    @property
-    def client(self) -> str:
-        host = f"[{self.client_host}]" if ":" in self.client_host else self.client_host
-        return f"{host}:{self.client_port}"
-
-
-class ConnectionObserver(Protocol):
-    """Told when a tunnel, association or binding opens and when a client is done (the audit).
-
-    Both are called on the event loop and must neither block nor raise.
-    """
-
-    def opened(self, record: ConnectionRecord) -> None: ...
-
-    def finished(self, record: ConnectionRecord) -> None: ...
-
-
-class NoObserver:
-    """The observer when nothing is audited (tests and benchmarks of the proxy alone)."""
-
-    def opened(self, record: ConnectionRecord) -> None:
-        pass
-
-    def finished(self, record: ConnectionRecord) -> None:
-        pass
-
-
-class Observers:
-    """Several observers as one (the audit and the metrics), told in the order given."""
-
-    __slots__ = ("_observers",)
-
-    def __init__(self, *observers: ConnectionObserver) -> None:
-        self._observers = observers
-
-    def opened(self, record: ConnectionRecord) -> None:
-        for observer in self._observers:
-            observer.opened(record)
-
-    def finished(self, record: ConnectionRecord) -> None:
-        for observer in self._observers:
-            observer.finished(record)
-
-
-class _HandshakeProtocol(asyncio.BufferedProtocol):
-    """Feeds the client's bytes to the sans-IO core while the handshake runs.
-
-    Reading is paused except while the handler waits for data, so whatever a client
-    pipelines stays in the kernel's socket buffer, not in our memory.
-    """
-
-    def __init__(
-        self,
-        conn: ServerConnection,
-        load_balancers: Settings | None = None,
-        *,
-        http_enabled: bool = False,
-    ) -> None:
-        """``load_balancers``: the settings when proxy_protocol_networks is set, else None;
-        ``http_enabled``: the first byte decides between SOCKS5 and an HTTP proxy client."""
-        self._conn = conn
-        # Where the client's bytes go. With HTTP on, the first read picks the parser from
-        # its first byte (_detect) and sends everything there, that read included; without,
-        # straight to the SOCKS5 core as always.
-        self._receive = self._detect if http_enabled else conn.receive_data
-        self.kind: Kind | None = None if http_enabled else Kind.SOCKS5
-        self.http: ProxyConnection | None = None
-        self._writable: asyncio.Future[None] | None = None
-        self._load_balancers = load_balancers
-        self._view = _NO_BUFFER
-        self._last_read = 0
-        # Set while a load balancer's PROXY header is awaited: bytes go there first.
-        self._header_reader: ProxyHeaderReader | None = None
-        self.from_load_balancer = False
-        self.proxy_header: ProxyHeader | None = None
-        self.transport: asyncio.Transport | None = None
-        self.connected: asyncio.Future[asyncio.Transport] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
-        self.lost = False
-        self.eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.pause_reading()
-        if self._load_balancers is not None:
-            # Decided here, before the first read: uvloop may deliver data right after
-            # connection_made, and a load balancer's first bytes are its header.
-            peer = transport.get_extra_info("peername")
-            if peer and self._load_balancers.is_load_balancer(peer[0]):
-                self.from_load_balancer = True
-                self._header_reader = ProxyHeaderReader()
-        self.connected.set_result(self.transport)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if not self._view:
-            self._view = memoryview(bytearray(_HANDSHAKE_READ_BYTES))
-        return self._view
-
-    def release_buffer(self) -> None:
-        """Drop the read buffer (the handshake is over); a later read allocates a new one."""
-        self._view = _NO_BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
-        assert self.transport is not None
-        self.transport.pause_reading()
-        self._last_read = nbytes
-        try:
-            if self._header_reader is None:
-                self._receive(self._view[:nbytes])
-            else:
-                self._receive_header(self._view[:nbytes])
-        except protocol.ProtocolError as error:
-            self._error = error
-        self._wake()
-
-    def _receive_header(self, data: memoryview) -> None:
-        assert self._header_reader is not None
-        header = self._header_reader.receive_data(data)
-        if header is not None:
-            self._header_reader = None
-            self.proxy_header = header
-            if header.trailing_data:
-                self._receive(header.trailing_data)
-
-    def _detect(self, data: bytes | memoryview) -> None:
-        """The first bytes: SOCKS5 (or garbage, which the SOCKS5 core refuses as before) or
-        HTTP; they and all that follow go to that protocol's parser, in order."""
-        kind = detect(data[0]) if data else Kind.SOCKS5
-        if kind is Kind.HTTP and starts_like_header(data):
-            kind = Kind.SOCKS5  # "PROXY …" from a load balancer we do not know: refused as such
-        self.kind = kind
-        if kind is Kind.HTTP:
-            self.http = ProxyConnection()
-            self._receive = self.http.receive_data
-        else:
-            self._receive = self._conn.receive_data
-        self._receive(data)
-
-    def pause_writing(self) -> None:
-        if self._writable is None:
-            self._writable = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self._writable is not None:
-            if not self._writable.done():
-                self._writable.set_result(None)
-            self._writable = None
-
-    async def drain(self) -> None:
-        """Returns once the transport takes more (HTTP forwarding's flow control)."""
-        if self._writable is not None:
-            await self._writable
-
-    def last_read_was_proxy_header(self) -> bool:
-        """Whether the most recent read began like a PROXY header (for a clearer error when
-        a load balancer that is not in proxy_protocol_networks sends one)."""
-        return starts_like_header(self._view[: self._last_read])
-
-    def _end_of_stream(self) -> None:
-        try:
-            if self._header_reader is not None:
-                self._receive_header(self._view[:0])
-            self._receive(b"")
-        except protocol.ProtocolError as error:
-            self._error = error
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        self._end_of_stream()
-        return True  # keep the transport open: a half-closed client still gets its reply
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.resume_writing()
-        self._end_of_stream()  # harmless if the FIN came first
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def wait_for_data(self) -> None:
-        if self._error is not None:
-            raise self._error
-        assert self.transport is not None
-        self._waiter = asyncio.get_running_loop().create_future()
-        if not self.lost:
-            self.transport.resume_reading()
-        else:
-            self._waiter.set_result(None)
-        await self._waiter
-        self._waiter = None
-        if self._error is not None:
-            raise self._error
-
-
-class ClientConnection:
+class ClientConnection(ConnectCommand, BindCommand, UdpCommand):
     """One client from accept to close: handshake, authentication, command, tunnel."""
 
     def __init__(
@@ -359,13 +81,13 @@ class ClientConnection:
         access: Access | None = None,
         listener: ListenAddress | None = None,
     ) -> None:
-        """``access``: policy and limits (None: neither, for tests of the handshake alone);
+        """``access``: policy and limits (None: neither, the shared ``NO_ACCESS``);
         ``listener``: the listen address the client came in on, for its client networks."""
         self._settings = settings
         self._authenticator = authenticator
         self._dialer = dialer
         self._observer = observer or NoObserver()
-        self._access = access
+        self._access = access if access is not None else NO_ACCESS
         self._listener = listener
         self._slot: ClientSlot | None = None
         self._lease: UserLease | None = None
@@ -383,7 +105,7 @@ class ClientConnection:
         self._load_balancer_check = False
         self.user: UserRecord | None = None  # the account as it logged in
         self._conn = ServerConnection()
-        self.protocol = _HandshakeProtocol(
+        self.protocol = HandshakeProtocol(
             self._conn,
             settings if settings.proxy_protocol_networks else None,
             http_enabled=settings.http_enabled,
@@ -494,8 +216,7 @@ class ClientConnection:
                 record.requests = self._http.requests
                 record.bytes_from_client = self._http.bytes_from_client
                 record.bytes_to_client = self._http.bytes_to_client
-            if self._access is not None:
-                self._access.quotas.finished(self)
+            self._access.quotas.finished(self)
             record.duration_seconds = time.monotonic() - record.started
             record.ended_at = record.started_at + timedelta(seconds=record.duration_seconds)
             if self._load_balancer_check and record.outcome is Outcome.CLIENT_GONE:
@@ -518,8 +239,6 @@ class ClientConnection:
         """
         if self._listener is not None and not self._listener.admits(client_host):
             raise Refusal(f"not in the client networks of {self._listener}")
-        if self._access is None:
-            return
         slot = self._slot = self._access.connections.admit(client_host)
         if slot.started:
             return
@@ -758,7 +477,7 @@ class ClientConnection:
             self._open_origin,
             self._same_login,
             self._settings.idle_timeout_seconds,
-            None if self._access is None else self._access.bandwidth.buckets(self.user),
+            self._access.bandwidth.buckets(self.user),
         )
         if record.outcome is Outcome.ERROR:  # not ended by a refused or failed request
             record.outcome = Outcome.CLOSED
@@ -774,7 +493,7 @@ class ClientConnection:
         record, transport = self.record, self._transport
         assert record is not None and transport is not None
         first = record.reply is None
-        if not first and self._access is not None:
+        if not first:
             # The connection's lease is held since the first request: the policy only.
             verdict = self._request_verdict(Command.CONNECT, target)
             if verdict is not None and not verdict.allowed:
@@ -842,8 +561,6 @@ class ClientConnection:
         """The per-user connection limit, then the policy for what the request alone tells;
         replies CONNECTION_NOT_ALLOWED and returns False when refused."""
         access = self._access
-        if access is None:
-            return True
         user = self.user
         if (
             user is not None
@@ -874,7 +591,6 @@ class ClientConnection:
 
     def _request_verdict(self, command: Command, target: Address) -> Verdict | None:
         """The policy's verdict on what a request alone tells (None: decided per address)."""
-        assert self._access is not None
         username = None if self.user is None else self.user.username
         policy = self._access.policy
         verdict: Verdict | None
@@ -908,8 +624,6 @@ class ClientConnection:
 
     def _allows(self, command: Command, name: str | None, ip: str, port: int) -> bool:
         """The policy's verdict on one resolved address; a refusal is kept for the log."""
-        if self._access is None:
-            return True
         address = parse_address(ip)
         if address is None:
             return False
@@ -920,192 +634,9 @@ class ClientConnection:
             self._denial = verdict
         return verdict.allowed
 
-    async def _connect(
-        self, transport: asyncio.Transport, target: Address, record: ConnectionRecord
-    ) -> None:
-        name = target.host if target.type is AddressType.DOMAINNAME else None
-
-        def allow(resolved: ResolvedAddress) -> bool:
-            return self._allows(
-                Command.CONNECT, name, str(resolved.sockaddr[0]), resolved.sockaddr[1]
-            )
-
-        egress = self._egress()
-        try:
-            sock = await self._dialer.connect(
-                target, allow, None if egress is None else egress.source_for
-            )
-        except NotAllowed:
-            self._deny(transport, record, self._denial)
-            return
-        except OSError as error:  # TimeoutError and socket.gaierror are OSErrors too
-            reply = reply_for_error(error)
-            if has_egress_failure(error):
-                log.warning("%s: CONNECT %s: %s", record.client, target, error)
-            log.info("%s: CONNECT %s failed: %s (%s)", record.client, target, reply.name, error)
-            self._reply(transport, reply, record)
-            record.outcome = Outcome.CONNECT_FAILED
-            return
-        await self._tunnel(transport, sock, record, reply_with_peer=False)
-
     def _egress(self) -> Egress | None:
         """Where this request's outbound traffic leaves from (None: the system chooses)."""
-        if self._access is None:
-            return None
         return self._access.egress.choose(self.user, self._session)
-
-    async def _tunnel(
-        self,
-        transport: asyncio.Transport,
-        sock: socket.socket,
-        record: ConnectionRecord,
-        *,
-        reply_with_peer: bool,
-    ) -> None:
-        """Reply success, then hand the client and ``sock`` (target or BIND peer) to a relay;
-        run() waits for it to end."""
-        loop = asyncio.get_running_loop()
-        relay = Relay(
-            self._settings.relay_buffer_bytes,
-            buckets=None if self._access is None else self._access.bandwidth.buckets(self.user),
-            idle_timeout_seconds=self._settings.idle_timeout_seconds,
-            budget=None if self._access is None else self._access.relay_budget,
-        )
-        try:
-            target_transport, _ = await loop.create_connection(
-                lambda: relay.target_protocol, sock=sock
-            )
-        except BaseException:
-            sock.close()
-            raise
-        # Nothing from the target reaches the client before the success reply: the relay
-        # holds the target's reading (and any early bytes) until attach_client.
-        bound = target_transport.get_extra_info("sockname")
-        peer = target_transport.get_extra_info("peername")
-        record.dialed = str(Address.from_host(peer[0], peer[1]))
-        if reply_with_peer:
-            # RFC 1928 §6: in the second BIND reply "the BND.PORT and BND.ADDR fields contain
-            # the address and port number of the connecting host".
-            reply_address = Address.from_host(normalise_host(peer[0]), peer[1])
-        else:
-            # RFC 1928 §6: BND.ADDR/BND.PORT carry "the associated IP address" — the address
-            # the proxy used to connect to the target.
-            reply_address = Address.from_host(bound[0], bound[1])
-        self._reply(transport, Reply.SUCCEEDED, record, reply_address)
-        if self._http is None:
-            trailing, client_eof = self._conn.trailing_data
-        else:  # bytes pipelined after the CONNECT head belong to the tunnel too
-            trailing, client_eof = self._http.trailing_data
-        self.relay = relay
-        record.live_counts = relay.bytes_counts
-        relay.attach_client(transport, trailing, client_eof)
-
-    async def _bind(
-        self, transport: asyncio.Transport, requested: Address, record: ConnectionRecord
-    ) -> None:
-        """RFC 1928 §6 BIND: listen, first reply, accept the expected peer, second reply, relay."""
-        try:
-            async with asyncio.timeout(self._settings.connect_timeout_seconds):
-                expected = await expected_peers(requested)
-            if expected is not None and requested.type is AddressType.DOMAINNAME:
-                expected = frozenset(
-                    ip
-                    for ip in expected
-                    if self._allows(Command.BIND, requested.host, ip, requested.port)
-                )
-                if not expected:
-                    self._deny(transport, record, self._denial)
-                    return
-            binding = Binding(transport.get_extra_info("sockname")[0])
-        except (OSError, UnicodeError) as error:  # gaierror, timeout, EADDRNOTAVAIL, bad name
-            reply = reply_for_error(error)
-            log.info("%s: BIND %s failed: %s (%s)", record.client, requested, reply.name, error)
-            self._reply(transport, reply, record)
-            record.outcome = Outcome.BIND_FAILED
-            return
-        with binding:
-            # RFC 1928 §6: "The first is sent after the server creates and binds a new socket."
-            self._reply(transport, Reply.SUCCEEDED, record, binding.address)
-            try:
-                async with asyncio.timeout(self._settings.bind_timeout_seconds):
-                    sock = await binding.accept(expected, self._client_gone())
-            except TimeoutError:
-                # Nobody (expected) connected in time: "TTL expired", as for a CONNECT that
-                # timed out (reply_for_error).
-                log.info("%s: BIND %s: no connection in time", record.client, binding.address)
-                self._reply(transport, Reply.TTL_EXPIRED, record)
-                record.outcome = Outcome.BIND_FAILED
-                return
-        if sock is None:
-            record.outcome = Outcome.CLIENT_GONE
-            return
-        # "The second reply occurs only after the anticipated incoming connection succeeds".
-        await self._tunnel(transport, sock, record, reply_with_peer=True)
-
-    async def _client_gone(self) -> None:
-        """Returns once the client closes (EOF counts: a client that stops sending before
-        the second BIND reply has given up); bytes it sends meanwhile are kept for the
-        tunnel (trailing data), as are bytes pipelined after the request."""
-        while not (self.protocol.lost or self.protocol.eof):
-            await self.protocol.wait_for_data()
-
-    async def _associate(
-        self, transport: asyncio.Transport, declared: Address, record: ConnectionRecord
-    ) -> None:
-        """RFC 1928 §7 UDP ASSOCIATE: open the relay, reply with its address, relay until the
-        control connection closes or the association is idle too long."""
-        egress = self._egress()
-        association = UdpAssociation(
-            client_host=record.client_host,
-            # DST.ADDR/DST.PORT: where the client will send from, zeros if it does not know.
-            # Only the port is used; datagrams must come from the control connection's IP.
-            client_port=declared.port,
-            idle_timeout_seconds=self._settings.udp_idle_timeout_seconds,
-            allow=None if self._access is None else self._datagram_allowed,
-            allow_resolved=None if self._access is None else self._resolved_datagram_allowed,
-            source=None if egress is None else egress.source_for,
-        )
-        try:
-            bound = await association.open(transport.get_extra_info("sockname")[0])
-        except OSError as error:
-            reply = reply_for_error(error)
-            if has_egress_failure(error):
-                log.warning("%s: UDP ASSOCIATE: %s", record.client, error)
-            log.info("%s: UDP ASSOCIATE failed: %s (%s)", record.client, reply.name, error)
-            self._reply(transport, reply, record)
-            record.outcome = Outcome.ERROR
-            return
-        self.association = association
-        counters = association.counters
-        record.live_counts = lambda: (counters.bytes_from_client, counters.bytes_to_client)
-        try:
-            self._reply(transport, Reply.SUCCEEDED, record, bound)
-            _, client_eof = self._conn.trailing_data  # nothing more is defined on this stream
-            end = await association.run(transport, client_eof)
-            closed = end is AssociationEnd.CLOSED
-            record.outcome = Outcome.CLOSED if closed else Outcome.IDLE_TIMEOUT
-        finally:
-            await association.aclose()
-            counters = association.counters
-            record.dialed = counters.first_target
-            record.datagrams_from_client = counters.datagrams_from_client
-            record.datagrams_to_client = counters.datagrams_to_client
-            record.bytes_from_client = counters.bytes_from_client
-            record.bytes_to_client = counters.bytes_to_client
-            record.datagrams_dropped = counters.dropped_total
-
-    def _datagram_allowed(self, target: Address) -> bool:
-        """The policy for one datagram's destination (command udp). A name is checked as a
-        name here; the association checks the address it resolves to as well."""
-        assert self._access is not None
-        username = None if self.user is None else self.user.username
-        verdict = self._access.policy.check_host(
-            username, Command.UDP_ASSOCIATE, target.host, target.port
-        )
-        return verdict.allowed
-
-    def _resolved_datagram_allowed(self, name: str, ip: str, port: int) -> bool:
-        return self._allows(Command.UDP_ASSOCIATE, name, ip, port)
 
 
 def _log_finished(record: ConnectionRecord) -> None:

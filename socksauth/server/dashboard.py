@@ -19,10 +19,10 @@ from http import HTTPStatus
 from importlib import resources
 from urllib.parse import parse_qs
 
+from socksauth.connection_record import Outcome
 from socksauth.errors import DatabaseError
 from socksauth.logs import get_logger
 from socksauth.store.interfaces import (
-    AUTH_FAILED,
     AuditEntry,
     AuditQuery,
     AuditReader,
@@ -127,7 +127,7 @@ class Dashboard:
         since = now - TRAFFIC_WINDOW
         traffic = await self._sessions.traffic(since, now, TRAFFIC_BUCKET_SECONDS)
         failed = await self._audit.find_entries(
-            AuditQuery(outcome=AUTH_FAILED, since=now - timedelta(days=1), limit=1000)
+            AuditQuery(outcome=Outcome.AUTH_FAILED.value, since=now - timedelta(days=1), limit=1000)
         )
         node_rows = "".join(
             _row(

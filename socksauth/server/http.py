@@ -36,7 +36,7 @@ _ORIGIN_READ_BYTES = 64 * 1024
 
 
 class Reader(Protocol):
-    """Where the client's bytes come from (the handshake protocol of server/client.py)."""
+    """Where the client's bytes come from (server/handshake.py:HandshakeProtocol)."""
 
     lost: bool
     eof: bool

@@ -17,10 +17,11 @@ from uuid import UUID
 
 from socksauth.auth.authenticator import Authenticator
 from socksauth.config import ListenAddress, Settings
+from socksauth.connection_record import ConnectionObserver
 from socksauth.errors import ConfigError
 from socksauth.logs import get_logger
 from socksauth.server.access import Access, watch
-from socksauth.server.client import ClientConnection, ConnectionObserver
+from socksauth.server.client import ClientConnection
 from socksauth.server.outbound import Dialer
 from socksauth.store.interfaces import UserRecord
 

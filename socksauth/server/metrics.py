@@ -8,9 +8,9 @@ import time
 
 from socksauth.audit import AuditLog
 from socksauth.auth.throttle import Failure
+from socksauth.connection_record import ConnectionRecord, Outcome
 from socksauth.metrics import Metrics
 from socksauth.protocol import Reply
-from socksauth.server.client import ConnectionRecord, Outcome
 
 # How often the audit's counters are copied into the metrics: in multi-process mode the
 # worker that answers a scrape cannot read another worker's AuditLog, only its metric files.

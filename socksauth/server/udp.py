@@ -5,6 +5,7 @@ the header and send the payload to the target from an outbound socket (one per a
 family, unconnected). A target's reply comes back to that outbound socket, gets a header
 with the target's address and goes to the client. Nothing is buffered beyond what the
 kernel and asyncio queue: a datagram that cannot be forwarded now is dropped and counted.
+``UdpCommand`` answers the request: opens the association, replies, runs it to its end.
 """
 
 from __future__ import annotations
@@ -19,19 +20,34 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
+from socksauth.config import Settings
+from socksauth.connection_record import ConnectionRecord, Outcome
 from socksauth.logs import get_logger
 from socksauth.protocol import (
     Address,
     AddressType,
+    Command,
     RemoteProtocolError,
+    Reply,
+    ServerConnection,
     UdpHeader,
     parse_datagram,
 )
-from socksauth.server.outbound import EgressUnavailable, bind_source
+from socksauth.server.access import Access
+from socksauth.server.egress import Egress
+from socksauth.server.outbound import (
+    EgressUnavailable,
+    bind_source,
+    has_egress_failure,
+    reply_for_error,
+)
+from socksauth.store.interfaces import UserRecord
 
 log = get_logger("udp")
+# The UDP ASSOCIATE handler logs as the client connection it serves.
+client_log = get_logger("client")
 
 # Resolved names are kept this long: long enough for a burst of queries to one name, short
 # enough that a changed record is picked up soon. We see no DNS TTLs through getaddrinfo().
@@ -438,3 +454,92 @@ class UdpAssociation:
     def _drop(self, reason: Drop, count: int = 1) -> None:
         if count:
             self.counters.dropped[reason] += count
+
+
+class _Client(Protocol):
+    """What the UDP ASSOCIATE handler uses of its ClientConnection (server/client.py)."""
+
+    _settings: Settings
+    _access: Access
+    _conn: ServerConnection
+    user: UserRecord | None
+    association: UdpAssociation | None
+
+    def _reply(
+        self,
+        transport: asyncio.Transport,
+        reply: Reply,
+        record: ConnectionRecord,
+        bound: Address | None = None,
+    ) -> None: ...
+
+    def _allows(self, command: Command, name: str | None, ip: str, port: int) -> bool: ...
+
+    def _egress(self) -> Egress | None: ...
+
+    def _datagram_allowed(self, target: Address) -> bool: ...
+
+    def _resolved_datagram_allowed(self, name: str, ip: str, port: int) -> bool: ...
+
+
+class UdpCommand:
+    """The UDP ASSOCIATE request (RFC 1928 §7), a part of ClientConnection."""
+
+    association: UdpAssociation | None
+
+    async def _associate(
+        self: _Client, transport: asyncio.Transport, declared: Address, record: ConnectionRecord
+    ) -> None:
+        """RFC 1928 §7 UDP ASSOCIATE: open the relay, reply with its address, relay until the
+        control connection closes or the association is idle too long."""
+        egress = self._egress()
+        association = UdpAssociation(
+            client_host=record.client_host,
+            # DST.ADDR/DST.PORT: where the client will send from, zeros if it does not know.
+            # Only the port is used; datagrams must come from the control connection's IP.
+            client_port=declared.port,
+            idle_timeout_seconds=self._settings.udp_idle_timeout_seconds,
+            allow=self._datagram_allowed,
+            allow_resolved=self._resolved_datagram_allowed,
+            source=None if egress is None else egress.source_for,
+        )
+        try:
+            bound = await association.open(transport.get_extra_info("sockname")[0])
+        except OSError as error:
+            reply = reply_for_error(error)
+            if has_egress_failure(error):
+                client_log.warning("%s: UDP ASSOCIATE: %s", record.client, error)
+            client_log.info("%s: UDP ASSOCIATE failed: %s (%s)", record.client, reply.name, error)
+            self._reply(transport, reply, record)
+            record.outcome = Outcome.ERROR
+            return
+        self.association = association
+        counters = association.counters
+        record.live_counts = lambda: (counters.bytes_from_client, counters.bytes_to_client)
+        try:
+            self._reply(transport, Reply.SUCCEEDED, record, bound)
+            _, client_eof = self._conn.trailing_data  # nothing more is defined on this stream
+            end = await association.run(transport, client_eof)
+            closed = end is AssociationEnd.CLOSED
+            record.outcome = Outcome.CLOSED if closed else Outcome.IDLE_TIMEOUT
+        finally:
+            await association.aclose()
+            counters = association.counters
+            record.dialed = counters.first_target
+            record.datagrams_from_client = counters.datagrams_from_client
+            record.datagrams_to_client = counters.datagrams_to_client
+            record.bytes_from_client = counters.bytes_from_client
+            record.bytes_to_client = counters.bytes_to_client
+            record.datagrams_dropped = counters.dropped_total
+
+    def _datagram_allowed(self: _Client, target: Address) -> bool:
+        """The policy for one datagram's destination (command udp). A name is checked as a
+        name here; the association checks the address it resolves to as well."""
+        username = None if self.user is None else self.user.username
+        verdict = self._access.policy.check_host(
+            username, Command.UDP_ASSOCIATE, target.host, target.port
+        )
+        return verdict.allowed
+
+    def _resolved_datagram_allowed(self: _Client, name: str, ip: str, port: int) -> bool:
+        return self._allows(Command.UDP_ASSOCIATE, name, ip, port)

@@ -13,10 +13,10 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from socksauth.connection_record import Outcome
 from socksauth.store.database import database_errors
 from socksauth.store.interfaces import (
     FAILED_LOGIN_OUTCOMES,
-    INTERRUPTED,
     OPEN,
     AuditEntry,
     AuditQuery,
@@ -106,7 +106,7 @@ class SqlAuditStore:
 
     async def close_interrupted(self, node: str, at: datetime) -> int:
         """Close ``node``'s rows still open that started before ``at`` (the previous process's:
-        this one's started later) as INTERRUPTED at ``at``; how many there were.
+        this one's started later) as ``Outcome.INTERRUPTED`` at ``at``; how many there were.
         """
         at = to_utc(at)
         with database_errors():
@@ -118,7 +118,7 @@ class SqlAuditStore:
                         AuditRow.ended_at.is_(None),
                         AuditRow.started_at < at,
                     )
-                    .values(ended_at=at, outcome=INTERRUPTED)
+                    .values(ended_at=at, outcome=Outcome.INTERRUPTED.value)
                 )
         return int(result.rowcount)
 

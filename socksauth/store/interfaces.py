@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
+from socksauth.connection_record import Outcome
+
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class UserRecord:
@@ -197,34 +199,24 @@ class RuleStore(RuleSource, Protocol):
         ...
 
 
-# An audit entry's ``outcome`` for rows left open by a process that died (set at next start).
-INTERRUPTED = "interrupted"
 # What ``AuditQuery.outcome`` matches for rows still open (their outcome column is NULL).
 OPEN = "open"
-# The outcome of a wrong password, unknown or disabled user: a "failed login" in the stats.
-AUTH_FAILED = "auth_failed"
-# A login refused because the store could not be asked (the database down, not the password):
-# not the client's doing, so not a failed login.
-STORE_UNAVAILABLE = "store_unavailable"
-# A login refused by the throttle (delayed and failed, or too many delayed at once), and one
-# refused unverified while its (username, address) pair is locked out: failed logins too.
-THROTTLED = "throttled"
-LOCKED_OUT = "locked_out"
-# An HTTP client that sent no credentials and got 407 (never written: not audited).
-AUTH_REQUIRED = "auth_required"
 # An entry's ``protocol``: what the client spoke on the shared port.
 SOCKS5 = "socks5"
 HTTP = "http"
 PROTOCOLS = (SOCKS5, HTTP)
-# A login from outside the user's client networks: answered as a wrong password, counted as a
-# failed login, audited under its own name so an administrator sees why.
-WRONG_NETWORK = "wrong_network"
-# The outcomes counted as failed logins in the stats.
-FAILED_LOGIN_OUTCOMES = (AUTH_FAILED, THROTTLED, LOCKED_OUT, WRONG_NETWORK)
-# A request refused, or a tunnel ended, because the user's traffic quota is used up.
-QUOTA_EXCEEDED = "quota_exceeded"
-# A tunnel ended by `socksauth sessions kill` (the row's killed_by says who asked).
-KILLED = "killed"
+# The outcomes counted as failed logins in the stats: a wrong password, an unknown or disabled
+# user, a throttled or locked-out login, a login from outside the user's networks. Not
+# STORE_UNAVAILABLE: the database was down, not the client's doing.
+FAILED_LOGIN_OUTCOMES = tuple(
+    outcome.value
+    for outcome in (
+        Outcome.AUTH_FAILED,
+        Outcome.THROTTLED,
+        Outcome.LOCKED_OUT,
+        Outcome.WRONG_NETWORK,
+    )
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -289,7 +281,7 @@ class AuditSink(Protocol):
 
     async def close_interrupted(self, node: str, at: datetime) -> int:
         """Close ``node``'s open rows that started before ``at`` (a crashed process's) as
-        INTERRUPTED at ``at``; how many."""
+        ``Outcome.INTERRUPTED`` at ``at``; how many."""
         ...
 
 
@@ -306,7 +298,7 @@ class AuditQuery:
     since: datetime | None = None
     until: datetime | None = None
     target: str | None = None  # substring of the requested host or the dialled address
-    outcome: str | None = None  # an outcome value, or OPEN
+    outcome: str | None = None  # an Outcome value, or OPEN
     protocol: str | None = None  # one of PROTOCOLS
     limit: int | None = 100
     order: SortOrder = SortOrder.NEWEST_FIRST

@@ -22,12 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from socksauth.config import in_networks
+from socksauth.connection_record import Outcome
 from socksauth.errors import UserError
 from socksauth.store.audit import _entry
 from socksauth.store.changes import CHANNEL
 from socksauth.store.database import database_errors
 from socksauth.store.interfaces import (
-    AUTH_FAILED,
     AuditEntry,
     NodeRecord,
     SessionQuery,
@@ -123,7 +123,9 @@ class SqlSessionStore:
                 AuditRow.username,
                 func.coalesce(func.sum(AuditRow.bytes_from_client), 0).label("from_client"),
                 func.coalesce(func.sum(AuditRow.bytes_to_client), 0).label("to_client"),
-                func.sum(case((AuditRow.outcome == AUTH_FAILED, 1), else_=0)).label("failed"),
+                func.sum(case((AuditRow.outcome == Outcome.AUTH_FAILED.value, 1), else_=0)).label(
+                    "failed"
+                ),
             )
             .where(AuditRow.started_at >= to_utc(since), AuditRow.username.is_not(None))
             .group_by(AuditRow.username)

@@ -14,10 +14,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from socksauth.audit import AuditLog, new_entry_id
+from socksauth.connection_record import Outcome
 from socksauth.store import migrate
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.database import create_engine
-from socksauth.store.interfaces import INTERRUPTED, AuditEntry, AuditQuery
+from socksauth.store.interfaces import AuditEntry, AuditQuery
 from socksauth.store.models import AuditRow
 
 
@@ -183,7 +184,9 @@ async def test_rows_left_open_by_a_previous_run_of_this_node_become_interrupted(
         log.record(current)
         assert await log.flush()
     by_id = {entry.id: entry for entry in await rows(store_engine)}
-    assert by_id[ours.id].outcome == INTERRUPTED and by_id[ours.id].ended_at is not None
+    assert (
+        by_id[ours.id].outcome == Outcome.INTERRUPTED.value and by_id[ours.id].ended_at is not None
+    )
     assert by_id[theirs.id].is_open
     assert by_id[current.id].is_open  # this run's own open row is not touched
 

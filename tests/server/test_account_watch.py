@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from socksauth.config import Settings
+from socksauth.rules import Action
 from socksauth.server.access import Access, Bandwidth, policy_rules, revoked, watch
-from socksauth.server.policy import Action
 from socksauth.store.interfaces import RuleRecord, UserRecord
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

@@ -48,7 +48,8 @@ from socksauth.protocol import (
     parse_datagram,
     select_method,
 )
-from socksauth.server.policy import Action, DestinationPolicy, Rule
+from socksauth.rules import Action, Rule
+from socksauth.server.policy import DestinationPolicy
 from socksauth.store.interfaces import NewRule
 from socksauth.store.rules import SqlRuleStore
 

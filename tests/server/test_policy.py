@@ -9,12 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from socksauth.protocol import Command
-from socksauth.server.policy import (
-    Action,
-    DestinationPolicy,
-    Rule,
-    effective_address,
-)
+from socksauth.rules import Action, Rule
+from socksauth.server.policy import DestinationPolicy, effective_address
 
 CONNECT, BIND, UDP = Command.CONNECT, Command.BIND, Command.UDP_ASSOCIATE
 ALLOW, DENY = Action.ALLOW, Action.DENY

@@ -8,8 +8,9 @@ from audit_helpers import T0, failed_login, finished, opened
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from socksauth.connection_record import Outcome
 from socksauth.store.audit import SqlAuditStore
-from socksauth.store.interfaces import INTERRUPTED, OPEN, AuditQuery, SortOrder
+from socksauth.store.interfaces import OPEN, AuditQuery, SortOrder
 from socksauth.store.models import AuditRow
 
 
@@ -82,7 +83,7 @@ async def test_close_interrupted_closes_only_this_nodes_rows_started_before(
     assert await store.close_interrupted("node-a", T0 + timedelta(hours=1)) == 1
 
     by_id = {entry.id: entry for entry in await store.find_entries(AuditQuery())}
-    assert by_id[ours_old.id].outcome == INTERRUPTED
+    assert by_id[ours_old.id].outcome == Outcome.INTERRUPTED.value
     assert by_id[ours_old.id].ended_at == T0 + timedelta(hours=1)
     assert by_id[ours_new.id].is_open
     assert by_id[theirs.id].is_open

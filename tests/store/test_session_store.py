@@ -9,9 +9,10 @@ from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from socksauth.audit import new_entry_id
+from socksauth.connection_record import Outcome
 from socksauth.store.audit import SqlAuditStore
 from socksauth.store.changes import SqlChangeFeed
-from socksauth.store.interfaces import AUTH_FAILED, AuditEntry, SessionQuery
+from socksauth.store.interfaces import AuditEntry, SessionQuery
 from socksauth.store.models import NodeRow
 from socksauth.store.nodes import SqlNodeHeartbeat
 from socksauth.store.sessions import SqlSessionStore
@@ -163,7 +164,7 @@ async def test_user_activity_sums_live_rates_and_todays_bytes_and_failed_logins(
             client_port=1,
             started_at=NOW,
             username="bob",
-            outcome=AUTH_FAILED,
+            outcome=Outcome.AUTH_FAILED.value,
             ended_at=NOW,
             duration_seconds=0.0,
         )

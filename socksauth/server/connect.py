@@ -1,0 +1,150 @@
+"""CONNECT: dial the target, reply with the address used, then hand both to a relay (the
+tunnel; BIND's second reply hands its peer to one the same way)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Protocol
+
+from socksauth.config import Settings
+from socksauth.connection_record import ConnectionRecord, Outcome
+from socksauth.logs import get_logger
+from socksauth.protocol import Address, AddressType, Command, Reply, ServerConnection
+from socksauth.server.access import Access
+from socksauth.server.egress import Egress
+from socksauth.server.http import HttpExchange
+from socksauth.server.outbound import (
+    Dialer,
+    NotAllowed,
+    ResolvedAddress,
+    has_egress_failure,
+    reply_for_error,
+)
+from socksauth.server.policy import Verdict
+from socksauth.server.relay import Relay
+from socksauth.server.udp import normalise_host
+from socksauth.store.interfaces import UserRecord
+
+# The handlers log as the client connection they serve.
+client_log = get_logger("client")
+
+
+class _Client(Protocol):
+    """What the CONNECT handler uses of its ClientConnection (server/client.py)."""
+
+    _settings: Settings
+    _access: Access
+    _dialer: Dialer
+    _denial: Verdict | None
+    _conn: ServerConnection
+    _http: HttpExchange | None
+    user: UserRecord | None
+    relay: Relay | None
+
+    def _reply(
+        self,
+        transport: asyncio.Transport,
+        reply: Reply,
+        record: ConnectionRecord,
+        bound: Address | None = None,
+    ) -> None: ...
+
+    def _deny(
+        self, transport: asyncio.Transport, record: ConnectionRecord, verdict: Verdict | None
+    ) -> None: ...
+
+    def _allows(self, command: Command, name: str | None, ip: str, port: int) -> bool: ...
+
+    def _egress(self) -> Egress | None: ...
+
+    async def _tunnel(
+        self,
+        transport: asyncio.Transport,
+        sock: socket.socket,
+        record: ConnectionRecord,
+        *,
+        reply_with_peer: bool,
+    ) -> None: ...
+
+
+class ConnectCommand:
+    """CONNECT and the tunnel, a part of ClientConnection."""
+
+    relay: Relay | None
+
+    async def _connect(
+        self: _Client, transport: asyncio.Transport, target: Address, record: ConnectionRecord
+    ) -> None:
+        name = target.host if target.type is AddressType.DOMAINNAME else None
+
+        def allow(resolved: ResolvedAddress) -> bool:
+            return self._allows(
+                Command.CONNECT, name, str(resolved.sockaddr[0]), resolved.sockaddr[1]
+            )
+
+        egress = self._egress()
+        try:
+            sock = await self._dialer.connect(
+                target, allow, None if egress is None else egress.source_for
+            )
+        except NotAllowed:
+            self._deny(transport, record, self._denial)
+            return
+        except OSError as error:  # TimeoutError and socket.gaierror are OSErrors too
+            reply = reply_for_error(error)
+            if has_egress_failure(error):
+                client_log.warning("%s: CONNECT %s: %s", record.client, target, error)
+            client_log.info(
+                "%s: CONNECT %s failed: %s (%s)", record.client, target, reply.name, error
+            )
+            self._reply(transport, reply, record)
+            record.outcome = Outcome.CONNECT_FAILED
+            return
+        await self._tunnel(transport, sock, record, reply_with_peer=False)
+
+    async def _tunnel(
+        self: _Client,
+        transport: asyncio.Transport,
+        sock: socket.socket,
+        record: ConnectionRecord,
+        *,
+        reply_with_peer: bool,
+    ) -> None:
+        """Reply success, then hand the client and ``sock`` (target or BIND peer) to a relay;
+        run() waits for it to end."""
+        loop = asyncio.get_running_loop()
+        relay = Relay(
+            self._settings.relay_buffer_bytes,
+            buckets=self._access.bandwidth.buckets(self.user),
+            idle_timeout_seconds=self._settings.idle_timeout_seconds,
+            budget=self._access.relay_budget,
+        )
+        try:
+            target_transport, _ = await loop.create_connection(
+                lambda: relay.target_protocol, sock=sock
+            )
+        except BaseException:
+            sock.close()
+            raise
+        # Nothing from the target reaches the client before the success reply: the relay
+        # holds the target's reading (and any early bytes) until attach_client.
+        bound = target_transport.get_extra_info("sockname")
+        peer = target_transport.get_extra_info("peername")
+        record.dialed = str(Address.from_host(peer[0], peer[1]))
+        if reply_with_peer:
+            # RFC 1928 §6: in the second BIND reply "the BND.PORT and BND.ADDR fields contain
+            # the address and port number of the connecting host".
+            reply_address = Address.from_host(normalise_host(peer[0]), peer[1])
+        else:
+            # RFC 1928 §6: BND.ADDR/BND.PORT carry "the associated IP address" — the address
+            # the proxy used to connect to the target.
+            reply_address = Address.from_host(bound[0], bound[1])
+        self._reply(transport, Reply.SUCCEEDED, record, reply_address)
+        if self._http is None:
+            trailing, client_eof = self._conn.trailing_data
+        else:  # bytes pipelined after the CONNECT head belong to the tunnel too
+            trailing, client_eof = self._http.trailing_data
+        self.relay = relay
+        record.live_counts = relay.bytes_counts
+        relay.attach_client(transport, trailing, client_eof)
