@@ -69,7 +69,7 @@ async def test_a_worker_that_dies_is_restarted_and_the_port_keeps_serving(
 
 async def test_a_worker_that_dies_right_after_starting_stops_them_all(
     database_url: str,
-    user_store: SqlUserStore,  # noqa: F811
+    user_store: SqlUserStore,
 ) -> None:
     # The crash-loop guard at its default: a restart would only die again, so all stop.
     async with running_two_workers(database_url) as supervisor:
