@@ -161,7 +161,7 @@ class ClientConnection(ConnectCommand, BindCommand, UdpCommand):
                 await self._serve_http(transport, record, deadline)
             elif isinstance(request, CommandRequest):
                 if self._slot is not None:
-                    self._slot.authenticated()
+                    self._slot.leave_handshake()  # trusted: no credentials were read
                 await self._dispatch(transport, request, record)
             if self.relay is not None:
                 # The tunnel runs on the relay's callbacks. Waited for here, not in
@@ -373,6 +373,10 @@ class ClientConnection(ConnectCommand, BindCommand, UdpCommand):
                     record.outcome = Outcome.CLIENT_GONE
                     return None
                 assert isinstance(credentials, Credentials)
+                if self._slot is not None:
+                    # Read in full: what is left is the verification (a few at a time,
+                    # addresses in turn); the address's next client may start meanwhile.
+                    self._slot.leave_handshake()
                 account, self._session = split_session(
                     credentials.username, self._settings.session_separator
                 )
@@ -442,6 +446,8 @@ class ClientConnection(ConnectCommand, BindCommand, UdpCommand):
             record.outcome = Outcome.AUTH_REQUIRED
             return
         if credentials is not None:
+            if self._slot is not None:
+                self._slot.leave_handshake()  # as for RFC 1929 credentials (_handshake)
             account, self._session = split_session(
                 credentials.username, self._settings.session_separator
             )
@@ -464,7 +470,7 @@ class ClientConnection(ConnectCommand, BindCommand, UdpCommand):
                 self._login_refused(record, account, result)
                 return
         if self._slot is not None:
-            self._slot.authenticated()
+            self._slot.leave_handshake()  # trusted: no credentials were read
         record.command = Command.CONNECT
         record.target = request.target
         connect = CommandRequest(Command.CONNECT, request.target)

@@ -74,8 +74,11 @@ class ClientSlot:
             callback, self._on_start = self._on_start, None
             callback()
 
-    def authenticated(self) -> None:
-        """The client is past authentication: it no longer counts as unauthenticated."""
+    def leave_handshake(self) -> None:
+        """The client no longer counts as in the handshake: its credentials have been read
+        (what is left is their verification, whose turns auth/verifier.py shares out between
+        addresses, so the address's next client, a warm login say, need not wait for it), or
+        it needed none. Idempotent."""
         if self._unauthenticated and not self._released and self.started:
             self._unauthenticated = False
             self._limits._leave_handshake(self._address)
@@ -84,7 +87,7 @@ class ClientSlot:
         """The client is gone (also while still waiting). Idempotent."""
         if self._released:
             return
-        self.authenticated()
+        self.leave_handshake()
         self._released = True
         self._on_start = None
         self._limits._leave(self)

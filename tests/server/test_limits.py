@@ -52,8 +52,8 @@ def test_clients_beyond_the_handshake_caps_wait_and_start_as_slots_free() -> Non
     started: list[str] = []
     third.when_started(lambda: started.append("third"))
     # Once authenticated a client no longer counts against its address: the waiting one starts.
-    first.authenticated()
-    first.authenticated()  # idempotent
+    first.leave_handshake()
+    first.leave_handshake()  # idempotent
     assert third.started and started == ["third"]
     # All three still count as connections.
     assert (limits.connections, limits.unauthenticated, limits.waiting) == (3, 2, 0)
