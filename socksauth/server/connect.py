@@ -67,6 +67,18 @@ class _Client(Protocol):
         reply_with_peer: bool,
     ) -> None: ...
 
+    def _new_relay(self) -> Relay: ...
+
+    def _relay_tunnel(
+        self,
+        transport: asyncio.Transport,
+        relay: Relay,
+        target_transport: asyncio.Transport,
+        record: ConnectionRecord,
+        *,
+        reply_with_peer: bool,
+    ) -> None: ...
+
 
 class ConnectCommand:
     """CONNECT and the tunnel, a part of ClientConnection."""
@@ -84,9 +96,13 @@ class ConnectCommand:
             )
 
         egress = self._egress()
+        relay = self._new_relay()
         try:
-            sock = await self._dialer.connect(
-                target, allow, None if egress is None else egress.source_for
+            target_transport = await self._dialer.open(
+                target,
+                lambda: relay.target_protocol,
+                allow,
+                None if egress is None else egress.source_for,
             )
         except NotAllowed:
             self._deny(transport, record, self._denial)
@@ -101,7 +117,15 @@ class ConnectCommand:
             self._reply(transport, reply, record)
             record.outcome = Outcome.CONNECT_FAILED
             return
-        await self._tunnel(transport, sock, record, reply_with_peer=False)
+        self._relay_tunnel(transport, relay, target_transport, record, reply_with_peer=False)
+
+    def _new_relay(self: _Client) -> Relay:
+        return Relay(
+            self._settings.relay_buffer_bytes,
+            buckets=self._access.bandwidth.buckets(self.user),
+            idle_timeout_seconds=self._settings.idle_timeout_seconds,
+            budget=self._access.relay_budget,
+        )
 
     async def _tunnel(
         self: _Client,
@@ -111,22 +135,35 @@ class ConnectCommand:
         *,
         reply_with_peer: bool,
     ) -> None:
-        """Reply success, then hand the client and ``sock`` (target or BIND peer) to a relay;
-        run() waits for it to end."""
-        loop = asyncio.get_running_loop()
-        relay = Relay(
-            self._settings.relay_buffer_bytes,
-            buckets=self._access.bandwidth.buckets(self.user),
-            idle_timeout_seconds=self._settings.idle_timeout_seconds,
-            budget=self._access.relay_budget,
-        )
+        """Reply success, then hand the client and ``sock`` (BIND's peer) to a relay; run()
+        waits for it to end."""
+        relay = self._new_relay()
         try:
-            target_transport, _ = await loop.create_connection(
+            target_transport, _ = await asyncio.get_running_loop().create_connection(
                 lambda: relay.target_protocol, sock=sock
             )
         except BaseException:
             sock.close()
             raise
+        self._relay_tunnel(
+            transport,
+            relay,
+            target_transport,
+            record,
+            reply_with_peer=reply_with_peer,
+        )
+
+    def _relay_tunnel(
+        self: _Client,
+        transport: asyncio.Transport,
+        relay: Relay,
+        target_transport: asyncio.Transport,
+        record: ConnectionRecord,
+        *,
+        reply_with_peer: bool,
+    ) -> None:
+        """Reply success, then hand the client and the target (or BIND's peer), whose
+        transport already reads into ``relay``, to it; run() waits for it to end."""
         # Nothing from the target reaches the client before the success reply: the relay
         # holds the target's reading (and any early bytes) until attach_client.
         bound = target_transport.get_extra_info("sockname")

@@ -126,31 +126,83 @@ class Dialer:
         bind for an address family (the user's egress); families it has none for are not
         tried.
         """
+        async with asyncio.timeout(self._timeout):
+            addresses, sources = await self._candidates(target, allow, source)
+            return await happy_eyeballs(addresses, str(target), sources)
+
+    async def open(
+        self,
+        target: Address,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        allow: Callable[[ResolvedAddress], bool] | None = None,
+        source: Callable[[int], str | None] | None = None,
+    ) -> asyncio.Transport:
+        """connect(), straight into a transport with ``protocol_factory``'s protocol.
+
+        One address and no egress to bind (an IP literal: nearly every tunnel) is dialled by
+        the event loop itself: no socket object, no connect future and no second
+        registration of the socket, as create_connection(sock=) after sock_connect() would
+        cost.
+        """
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._timeout):
+            addresses, sources = await self._candidates(target, allow, source)
+            if len(addresses) == 1 and not sources and not _scoped(addresses[0]):
+                address = addresses[0]
+                try:
+                    transport, _ = await loop.create_connection(
+                        protocol_factory,
+                        str(address.sockaddr[0]),
+                        int(address.sockaddr[1]),
+                        family=address.family,
+                    )
+                except OSError as failure:
+                    raise ConnectFailed(str(target), [failure]) from None
+                return transport
+            sock = await happy_eyeballs(addresses, str(target), sources)
+        try:
+            transport, _ = await loop.create_connection(protocol_factory, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return transport
+
+    async def _candidates(
+        self,
+        target: Address,
+        allow: Callable[[ResolvedAddress], bool] | None,
+        source: Callable[[int], str | None] | None,
+    ) -> tuple[list[ResolvedAddress], dict[int, str | None]]:
+        """The addresses to try, and the local address to bind per family ({}: none)."""
         if (
             source is not None
             and source(socket.AF_INET) is None
             and source(socket.AF_INET6) is None
         ):
             raise EgressUnavailable(errno.EADDRNOTAVAIL, "no egress address (unknown pool?)")
-        async with asyncio.timeout(self._timeout):
-            addresses = await self.resolve(target)
-            if allow is not None:
-                permitted = [address for address in addresses if allow(address)]
-                if addresses and not permitted:
-                    raise NotAllowed(errno.EACCES, f"no allowed address for {target}")
-                addresses = permitted
-            if source is None:
-                return await happy_eyeballs(addresses, str(target))
-            sources: dict[int, str | None] = {
-                family: source(family) for family in (socket.AF_INET, socket.AF_INET6)
-            }
-            reachable = [address for address in addresses if sources[address.family] is not None]
-            if addresses and not reachable:
-                raise ConnectFailed(
-                    str(target),
-                    [OSError(errno.EAFNOSUPPORT, "no egress address of the target's family")],
-                )
-            return await happy_eyeballs(reachable, str(target), sources)
+        addresses = await self.resolve(target)
+        if allow is not None:
+            permitted = [address for address in addresses if allow(address)]
+            if addresses and not permitted:
+                raise NotAllowed(errno.EACCES, f"no allowed address for {target}")
+            addresses = permitted
+        if source is None:
+            return addresses, {}
+        sources: dict[int, str | None] = {
+            family: source(family) for family in (socket.AF_INET, socket.AF_INET6)
+        }
+        reachable = [address for address in addresses if sources[address.family] is not None]
+        if addresses and not reachable:
+            raise ConnectFailed(
+                str(target),
+                [OSError(errno.EAFNOSUPPORT, "no egress address of the target's family")],
+            )
+        return reachable, sources
+
+
+def _scoped(address: ResolvedAddress) -> bool:
+    """An IPv6 address with a zone (link-local): only its sockaddr says which interface."""
+    return len(address.sockaddr) == 4 and bool(address.sockaddr[3])
 
 
 def _interleave(addresses: list[ResolvedAddress]) -> list[ResolvedAddress]:
