@@ -71,6 +71,10 @@ class _Escaped:
 
 
 def _escaped_argument(value: object) -> object:
+    if isinstance(value, str):
+        # Nearly every argument: printable text with no backslash prints as it is, with %s
+        # and with %r alike (repr() then adds only the quotes).
+        return value if value.isprintable() and "\\" not in value else _Escaped(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
         return value
     return _Escaped(value)

@@ -53,6 +53,10 @@ class Verdict:
     reason: str  # "rule 3: deny 10.0.0.0/8", "protected: loopback", "no rule matched"
 
 
+# Verdicts check_address remembers (tens of bytes each).
+_DECIDED_MAX = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class _Range:
     """Protected addresses as an integer interval, so a check is two comparisons."""
@@ -165,6 +169,12 @@ class DestinationPolicy:
         # a private range), and a rule broad enough to unlock loopback must not also open
         # them; only a rule inside the endpoint's own address does.
         self._protected = tuple(sorted(protected, key=lambda p: p.port is None))
+        # What each rule's verdict says, made once: a verdict is given on every request.
+        self._reasons = tuple(f"rule {index}: {rule}" for index, rule in enumerate(self.rules, 1))
+        # Verdicts on addresses already judged. A policy never changes (a reload makes a new
+        # one), so they stay true; a busy client asks about the same few targets over and
+        # over. Bounded: emptied when full.
+        self._decided: dict[tuple[object, ...], Verdict] = {}
 
     def check_request(
         self, username: str | None, command: Command, name: str | None, port: int | None
@@ -190,7 +200,7 @@ class DestinationPolicy:
                 # Allowed, or maybe allowed: the address decides (protected addresses).
                 return None
             if not undecided:
-                return Verdict(False, f"rule {index}: {rule}")
+                return Verdict(False, self._reasons[index - 1])
             # A deny that may or may not match: either way no later rule can allow more
             # than it would without it, so keep looking for one that denies everything.
         return None
@@ -206,6 +216,23 @@ class DestinationPolicy:
         """Whether ``username`` may reach ``address``:``port`` with ``command``; ``name`` is
         the domain the client asked for, when it asked for one and this is what it resolved
         to."""
+        key = (username, command, address, port, name)
+        verdict = self._decided.get(key)
+        if verdict is None:
+            verdict = self._judge_address(username, command, address, port, name)
+            if len(self._decided) >= _DECIDED_MAX:
+                self._decided.clear()
+            self._decided[key] = verdict
+        return verdict
+
+    def _judge_address(
+        self,
+        username: str | None,
+        command: Command,
+        address: IPAddress,
+        port: int,
+        name: str | None,
+    ) -> Verdict:
         address = effective_address(address)
         name = None if name is None else normalise_domain(name)
         value = int(address)
@@ -232,7 +259,7 @@ class DestinationPolicy:
                 and (rule.network is None or not _inside(rule.network, protection))
             ):
                 continue  # too broad to unlock a protected address
-            return Verdict(rule.action is Action.ALLOW, f"rule {index}: {rule}")
+            return Verdict(rule.action is Action.ALLOW, self._reasons[index - 1])
         if protection is not None:
             return Verdict(False, f"protected: {protection.reason}")
         return Verdict(True, "no rule matched")
