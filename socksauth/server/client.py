@@ -3,62 +3,44 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from datetime import UTC, datetime, timedelta
 
-from socksauth import protocol
-from socksauth.auth.authenticator import Authenticator, LoginRefusal, LoginResult
+from socksauth.auth.authenticator import Authenticator
 from socksauth.config import ListenAddress, Settings
 from socksauth.connection_record import ConnectionObserver, ConnectionRecord, NoObserver, Outcome
-from socksauth.errors import StoreUnavailable
 from socksauth.logs import get_logger
 from socksauth.protocol import (
-    NEED_DATA,
-    PAUSED,
     Address,
     AddressType,
-    AuthMethod,
-    AuthReply,
-    AuthStatus,
     Command,
     CommandReply,
     CommandRequest,
-    ConnectionClosed,
     Credentials,
-    Greeting,
-    LocalProtocolError,
-    MethodSelection,
     RemoteProtocolError,
     Reply,
     ServerConnection,
 )
 from socksauth.protocol.address import ip_literal
 from socksauth.protocol.detect import Kind
-from socksauth.protocol.events import ClientEvent
-from socksauth.protocol.http import ProxyRequest, RequestForm
-from socksauth.protocol.proxy_header import HeaderKind, ProxyHeaderError
+from socksauth.protocol.proxy_header import ProxyHeaderError
 from socksauth.server.access import Access
 from socksauth.server.bind import BindCommand
 from socksauth.server.connect import ConnectCommand
-from socksauth.server.egress import Egress, split_session
+from socksauth.server.egress import Egress
 from socksauth.server.handshake import HandshakeProtocol
 from socksauth.server.http import HttpExchange
+from socksauth.server.http_entry import HttpEntry
 from socksauth.server.limits import ClientSlot, Refusal, UserLease
 from socksauth.server.no_access import NO_ACCESS
-from socksauth.server.outbound import Dialer, NotAllowed, ResolvedAddress, reply_for_error
+from socksauth.server.outbound import Dialer
 from socksauth.server.policy import Verdict, parse_address
 from socksauth.server.relay import CloseReason, Relay
+from socksauth.server.socks5_login import Socks5Handshake
 from socksauth.server.udp import UdpAssociation, UdpCommand
 from socksauth.store.interfaces import UserRecord
 
 log = get_logger("client")
-
-_OUTCOME_BY_REFUSAL = {
-    LoginRefusal.AUTH_FAILED: Outcome.AUTH_FAILED,
-    LoginRefusal.THROTTLED: Outcome.THROTTLED,
-    LoginRefusal.LOCKED_OUT: Outcome.LOCKED_OUT,
-}
 
 _OUTCOME_BY_CLOSE = {
     CloseReason.CLOSED: Outcome.CLOSED,
@@ -69,7 +51,7 @@ _OUTCOME_BY_CLOSE = {
 }
 
 
-class ClientConnection(ConnectCommand, BindCommand, UdpCommand):
+class ClientConnection(Socks5Handshake, HttpEntry, ConnectCommand, BindCommand, UdpCommand):
     """One client from accept to close: handshake, authentication, command, tunnel."""
 
     def __init__(
@@ -293,241 +275,6 @@ class ClientConnection(ConnectCommand, BindCommand, UdpCommand):
             log.info("%s: killed by %s", self.record.client if self.record else "-", by)
         self._killed_by = by
         self._close_now()
-
-    async def _next_event(self) -> ClientEvent:
-        while True:
-            event = self._conn.next_event()
-            if event is NEED_DATA:
-                await self.protocol.wait_for_data()
-                continue
-            if event is PAUSED:
-                raise LocalProtocolError("the handshake waits for our message, not the client's")
-            return event
-
-    async def _take_proxy_header(self, record: ConnectionRecord, deadline: float) -> bool:
-        """From a load balancer (proxy_protocol_networks), read its PROXY header before
-        anything else, and let the client address it names stand for the peer; False when
-        the load balancer closed without a header (a TCP health check).
-
-        Raises:
-            ProxyHeaderError: the load balancer's first bytes are not a valid header.
-            TimeoutError: no complete header by the deadline.
-        """
-        handshake = self.protocol
-        async with asyncio.timeout_at(deadline):
-            while handshake.proxy_header is None:
-                if handshake.lost or handshake.eof:
-                    self._load_balancer_check = True
-                    record.outcome = Outcome.CLIENT_GONE
-                    return False
-                await handshake.wait_for_data()
-        header = handshake.proxy_header
-        self._load_balancer_check = header.kind is HeaderKind.LOCAL
-        if header.kind is HeaderKind.PROXY:
-            assert header.source is not None
-            log.debug("%s: client %s (PROXY v%d)", record.client, header.source, header.version)
-            record.client_host = header.source.host
-            record.client_port = header.source.port
-        return True
-
-    async def _handshake(
-        self,
-        transport: asyncio.Transport,
-        client_host: str,
-        record: ConnectionRecord,
-        deadline: float,
-    ) -> CommandRequest | Kind | None:
-        """Greeting → method → credentials → request, within the handshake deadline;
-        Kind.HTTP when the first byte says the client speaks HTTP instead."""
-        async with asyncio.timeout_at(deadline):
-            try:
-                # With HTTP on and nothing read yet: the read the greeting waits for anyway,
-                # and its first byte decides (no extra read, no copy). The first bytes may
-                # have come already: with a PROXY header, or from uvloop right at accept.
-                while self.protocol.kind is None:
-                    await self.protocol.wait_for_data()
-                if self.protocol.kind is Kind.HTTP:
-                    return Kind.HTTP
-                greeting = await self._next_event()
-            except RemoteProtocolError:
-                if self.protocol.last_read_was_proxy_header():
-                    raise ProxyHeaderError(
-                        "a PROXY protocol header from an address not in proxy_protocol_networks"
-                    ) from None
-                raise
-            if isinstance(greeting, ConnectionClosed):
-                record.outcome = Outcome.CLIENT_GONE
-                return None
-            assert isinstance(greeting, Greeting)
-            method = protocol.select_method(
-                greeting.methods, allow_no_auth=self._settings.is_trusted(client_host)
-            )
-            transport.write(self._conn.send(MethodSelection(method)))
-            if method is AuthMethod.NO_ACCEPTABLE_METHODS:
-                # RFC 1928 §3: "the client MUST close the connection"; we close too.
-                record.outcome = Outcome.NO_ACCEPTABLE_METHOD
-                return None
-            if method is AuthMethod.USERNAME_PASSWORD:
-                credentials = await self._next_event()
-                if isinstance(credentials, ConnectionClosed):
-                    record.outcome = Outcome.CLIENT_GONE
-                    return None
-                assert isinstance(credentials, Credentials)
-                if self._slot is not None:
-                    # Read in full: what is left is the verification (a few at a time,
-                    # addresses in turn); the address's next client may start meanwhile.
-                    self._slot.leave_handshake()
-                account, self._session = split_session(
-                    credentials.username, self._settings.session_separator
-                )
-                record.username = account
-                try:
-                    result = await self._authenticator.login(
-                        account, credentials.password, client_host
-                    )
-                except StoreUnavailable:
-                    # The account could not be looked up: the same answer as a wrong
-                    # password (RFC 1929 §2: "the server MUST close the connection"), its
-                    # own outcome; the authenticator logs a summary once a minute.
-                    transport.write(self._conn.send(AuthReply(AuthStatus.FAILURE)))
-                    record.outcome = Outcome.STORE_UNAVAILABLE
-                    return None
-                user = self.user = result.user
-                # The same RFC 1929 failure whether the password was wrong, the attempt
-                # delayed, the pair locked out or the client outside the user's networks:
-                # no oracle for a guesser.
-                status = AuthStatus.SUCCESS if user is not None else AuthStatus.FAILURE
-                transport.write(self._conn.send(AuthReply(status)))
-                if user is None:
-                    # RFC 1929 §2: on failure "the server MUST close the connection".
-                    self._login_refused(record, account, result)
-                    return None
-            request = await self._next_event()
-            if isinstance(request, ConnectionClosed):
-                record.outcome = Outcome.CLIENT_GONE
-                return None
-            assert isinstance(request, CommandRequest)
-            record.command = request.command
-            record.target = request.address
-            return request
-
-    def _login_refused(self, record: ConnectionRecord, account: str, result: LoginResult) -> None:
-        """Audit and log a refused login by its reason (the client was told the same)."""
-        if result.wrong_network:
-            record.outcome = Outcome.WRONG_NETWORK
-            log.info(
-                "%s: login refused for user %r: not from its client networks",
-                record.client,
-                account,
-            )
-            return
-        refusal = result.refusal or LoginRefusal.AUTH_FAILED
-        record.outcome = _OUTCOME_BY_REFUSAL[refusal]
-        log.info("%s: login failed for user %r (%s)", record.client, account, refusal.value)
-
-    async def _serve_http(
-        self, transport: asyncio.Transport, record: ConnectionRecord, deadline: float
-    ) -> None:
-        """An HTTP proxy client: its first request head before the handshake deadline, the
-        RFC 1929 login's authenticator for its ``Proxy-Authorization: Basic``, the same
-        limits and policy; then a CONNECT tunnel (the same relay) or forwarded requests."""
-        assert self.protocol.http is not None
-        record.protocol = Kind.HTTP
-        exchange = self._http = HttpExchange(self.protocol.http, self.protocol, transport)
-        request = await exchange.read_request(deadline)
-        if request is None:
-            record.outcome = Outcome.CLIENT_GONE
-            return
-        credentials = self._login = request.credentials
-        if credentials is None and not self._settings.is_trusted(record.client_host):
-            # RFC 9110 §15.5.8: 407 says the client "needs to authenticate itself in order
-            # to use a proxy"; not audited: every browser's first request gets one.
-            exchange.challenge()
-            record.outcome = Outcome.AUTH_REQUIRED
-            return
-        if credentials is not None:
-            if self._slot is not None:
-                self._slot.leave_handshake()  # as for RFC 1929 credentials (_handshake)
-            account, self._session = split_session(
-                credentials.username, self._settings.session_separator
-            )
-            record.username = account
-            try:
-                async with asyncio.timeout_at(deadline):
-                    result = await self._authenticator.login(
-                        account, credentials.password, record.client_host
-                    )
-            except StoreUnavailable:
-                # Not the password's fault: 503, not a 407 that would ask for another one.
-                exchange.refuse(503)
-                record.outcome = Outcome.STORE_UNAVAILABLE
-                return
-            user = self.user = result.user
-            if user is None:
-                # As a wrong RFC 1929 password: same throttle, same cost, the same answer
-                # whether wrong, delayed, locked out or from elsewhere, then a close.
-                exchange.challenge()
-                self._login_refused(record, account, result)
-                return
-        if self._slot is not None:
-            self._slot.leave_handshake()  # trusted: no credentials were read
-        record.command = Command.CONNECT
-        record.target = request.target
-        connect = CommandRequest(Command.CONNECT, request.target)
-        if request.form is RequestForm.AUTHORITY:
-            await self._dispatch(transport, connect, record)
-            return
-        if not await self._admit_request(transport, connect, record):
-            return
-        await exchange.forward(
-            self._open_origin,
-            self._same_login,
-            self._settings.idle_timeout_seconds,
-            self._access.bandwidth.buckets(self.user),
-        )
-        if record.outcome is Outcome.ERROR:  # not ended by a refused or failed request
-            record.outcome = Outcome.CLOSED
-
-    def _same_login(self, request: ProxyRequest) -> bool:
-        """A later request on a forwarding connection keeps its login: credentials absent
-        (the connection is authenticated) or the same as the first request's."""
-        return request.credentials is None or request.credentials == self._login
-
-    async def _open_origin(self, target: Address) -> socket.socket | None:
-        """A connection to a forwarded request's origin, under the policy CONNECT has;
-        None when refused or failed (the client has its 403, 502 or 504 then)."""
-        record, transport = self.record, self._transport
-        assert record is not None and transport is not None
-        first = record.reply is None
-        if not first:
-            # The connection's lease is held since the first request: the policy only.
-            verdict = self._request_verdict(Command.CONNECT, target)
-            if verdict is not None and not verdict.allowed:
-                self._deny(transport, record, verdict)
-                return None
-        name = target.host if target.type is AddressType.DOMAINNAME else None
-
-        def allow(resolved: ResolvedAddress) -> bool:
-            return self._allows(
-                Command.CONNECT, name, str(resolved.sockaddr[0]), resolved.sockaddr[1]
-            )
-
-        try:
-            sock = await self._dialer.connect(target, allow)
-        except NotAllowed:
-            self._deny(transport, record, self._denial)
-            return None
-        except OSError as error:
-            reply = reply_for_error(error)
-            log.info("%s: GET %s failed: %s (%s)", record.client, target, reply.name, error)
-            self._reply(transport, reply, record)
-            record.outcome = Outcome.CONNECT_FAILED
-            return None
-        if first:
-            peer = sock.getpeername()
-            record.dialed = str(Address.from_host(peer[0], peer[1]))
-            self._reply(transport, Reply.SUCCEEDED, record)  # the row opens here
-        return sock
 
     async def _dispatch(
         self, transport: asyncio.Transport, request: CommandRequest, record: ConnectionRecord
