@@ -8,16 +8,16 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Awaitable
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-from socksauth.config import Settings
 from socksauth.connection_record import ConnectionRecord, Outcome
 from socksauth.logs import get_logger
 from socksauth.protocol import Address, AddressType, Command, Reply
-from socksauth.server.handshake import HandshakeProtocol
 from socksauth.server.outbound import reply_for_error
-from socksauth.server.policy import Verdict
 from socksauth.server.udp import normalise_host
+
+if TYPE_CHECKING:
+    from socksauth.server.client_parts import ClientParts
 
 log = get_logger("bind")
 # The BIND handler logs as the client connection it serves.
@@ -119,44 +119,14 @@ class Binding:
         self.close()
 
 
-class _Client(Protocol):
-    """What the BIND handler uses of its ClientConnection (server/client.py)."""
-
-    _settings: Settings
-    _denial: Verdict | None
-    protocol: HandshakeProtocol
-
-    def _reply(
-        self,
-        transport: asyncio.Transport,
-        reply: Reply,
-        record: ConnectionRecord,
-        bound: Address | None = None,
-    ) -> None: ...
-
-    def _deny(
-        self, transport: asyncio.Transport, record: ConnectionRecord, verdict: Verdict | None
-    ) -> None: ...
-
-    def _allows(self, command: Command, name: str | None, ip: str, port: int) -> bool: ...
-
-    async def _tunnel(
-        self,
-        transport: asyncio.Transport,
-        sock: socket.socket,
-        record: ConnectionRecord,
-        *,
-        reply_with_peer: bool,
-    ) -> None: ...
-
-    async def _client_gone(self) -> None: ...
-
-
 class BindCommand:
     """The BIND request (RFC 1928 §6), a part of ClientConnection."""
 
     async def _bind(
-        self: _Client, transport: asyncio.Transport, requested: Address, record: ConnectionRecord
+        self: ClientParts,
+        transport: asyncio.Transport,
+        requested: Address,
+        record: ConnectionRecord,
     ) -> None:
         """RFC 1928 §6 BIND: listen, first reply, accept the expected peer, second reply, relay."""
         try:
@@ -201,7 +171,7 @@ class BindCommand:
         # "The second reply occurs only after the anticipated incoming connection succeeds".
         await self._tunnel(transport, sock, record, reply_with_peer=True)
 
-    async def _client_gone(self: _Client) -> None:
+    async def _client_gone(self: ClientParts) -> None:
         """Returns once the client closes (EOF counts: a client that stops sending before
         the second BIND reply has given up); bytes it sends meanwhile are kept for the
         tunnel (trailing data), as are bytes pipelined after the request."""

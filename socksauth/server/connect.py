@@ -5,79 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-from socksauth.config import Settings
 from socksauth.connection_record import ConnectionRecord, Outcome
 from socksauth.logs import get_logger
-from socksauth.protocol import Address, AddressType, Command, Reply, ServerConnection
-from socksauth.server.access import Access
-from socksauth.server.egress import Egress
-from socksauth.server.http import HttpExchange
+from socksauth.protocol import Address, AddressType, Command, Reply
 from socksauth.server.outbound import (
-    Dialer,
     NotAllowed,
     ResolvedAddress,
     has_egress_failure,
     reply_for_error,
 )
-from socksauth.server.policy import Verdict
 from socksauth.server.relay import Relay
 from socksauth.server.udp import normalise_host
-from socksauth.store.interfaces import UserRecord
+
+if TYPE_CHECKING:
+    from socksauth.server.client_parts import ClientParts
 
 # The handlers log as the client connection they serve.
 client_log = get_logger("client")
-
-
-class _Client(Protocol):
-    """What the CONNECT handler uses of its ClientConnection (server/client.py)."""
-
-    _settings: Settings
-    _access: Access
-    _dialer: Dialer
-    _denial: Verdict | None
-    _conn: ServerConnection
-    _http: HttpExchange | None
-    user: UserRecord | None
-    relay: Relay | None
-
-    def _reply(
-        self,
-        transport: asyncio.Transport,
-        reply: Reply,
-        record: ConnectionRecord,
-        bound: Address | None = None,
-    ) -> None: ...
-
-    def _deny(
-        self, transport: asyncio.Transport, record: ConnectionRecord, verdict: Verdict | None
-    ) -> None: ...
-
-    def _allows(self, command: Command, name: str | None, ip: str, port: int) -> bool: ...
-
-    def _egress(self) -> Egress | None: ...
-
-    async def _tunnel(
-        self,
-        transport: asyncio.Transport,
-        sock: socket.socket,
-        record: ConnectionRecord,
-        *,
-        reply_with_peer: bool,
-    ) -> None: ...
-
-    def _new_relay(self) -> Relay: ...
-
-    def _relay_tunnel(
-        self,
-        transport: asyncio.Transport,
-        relay: Relay,
-        target_transport: asyncio.Transport,
-        record: ConnectionRecord,
-        *,
-        reply_with_peer: bool,
-    ) -> None: ...
 
 
 class ConnectCommand:
@@ -86,7 +32,7 @@ class ConnectCommand:
     relay: Relay | None
 
     async def _connect(
-        self: _Client, transport: asyncio.Transport, target: Address, record: ConnectionRecord
+        self: ClientParts, transport: asyncio.Transport, target: Address, record: ConnectionRecord
     ) -> None:
         name = target.host if target.type is AddressType.DOMAINNAME else None
 
@@ -119,7 +65,7 @@ class ConnectCommand:
             return
         self._relay_tunnel(transport, relay, target_transport, record, reply_with_peer=False)
 
-    def _new_relay(self: _Client) -> Relay:
+    def _new_relay(self: ClientParts) -> Relay:
         return Relay(
             self._settings.relay_buffer_bytes,
             buckets=self._access.bandwidth.buckets(self.user),
@@ -128,7 +74,7 @@ class ConnectCommand:
         )
 
     async def _tunnel(
-        self: _Client,
+        self: ClientParts,
         transport: asyncio.Transport,
         sock: socket.socket,
         record: ConnectionRecord,
@@ -154,7 +100,7 @@ class ConnectCommand:
         )
 
     def _relay_tunnel(
-        self: _Client,
+        self: ClientParts,
         transport: asyncio.Transport,
         relay: Relay,
         target_transport: asyncio.Transport,

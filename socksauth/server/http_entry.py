@@ -6,77 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-from socksauth.auth.authenticator import Authenticator, LoginResult
-from socksauth.config import Settings
 from socksauth.connection_record import ConnectionRecord, Outcome
 from socksauth.errors import StoreUnavailable
 from socksauth.logs import get_logger
-from socksauth.protocol import Address, AddressType, Command, CommandRequest, Credentials, Reply
+from socksauth.protocol import Address, AddressType, Command, CommandRequest, Reply
 from socksauth.protocol.detect import Kind
 from socksauth.protocol.http import ProxyRequest, RequestForm
-from socksauth.server.access import Access
 from socksauth.server.egress import split_session
-from socksauth.server.handshake import HandshakeProtocol
 from socksauth.server.http import HttpExchange
-from socksauth.server.limits import ClientSlot
-from socksauth.server.outbound import Dialer, NotAllowed, ResolvedAddress, reply_for_error
-from socksauth.server.policy import Verdict
-from socksauth.store.interfaces import UserRecord
+from socksauth.server.outbound import NotAllowed, ResolvedAddress, reply_for_error
+
+if TYPE_CHECKING:
+    from socksauth.server.client_parts import ClientParts
 
 # The entry logs as the client connection it serves.
 client_log = get_logger("client")
-
-
-class _Client(Protocol):
-    """What the HTTP proxy's entry uses of its ClientConnection (server/client.py)."""
-
-    _settings: Settings
-    _authenticator: Authenticator
-    _access: Access
-    _dialer: Dialer
-    _denial: Verdict | None
-    _slot: ClientSlot | None
-    _session: str | None
-    _transport: asyncio.Transport | None
-    _http: HttpExchange | None
-    _login: Credentials | None
-    protocol: HandshakeProtocol
-    user: UserRecord | None
-    record: ConnectionRecord | None
-
-    def _login_refused(
-        self, record: ConnectionRecord, account: str, result: LoginResult
-    ) -> None: ...
-
-    async def _dispatch(
-        self, transport: asyncio.Transport, request: CommandRequest, record: ConnectionRecord
-    ) -> None: ...
-
-    async def _admit_request(
-        self, transport: asyncio.Transport, request: CommandRequest, record: ConnectionRecord
-    ) -> bool: ...
-
-    def _same_login(self, request: ProxyRequest) -> bool: ...
-
-    async def _open_origin(self, target: Address) -> socket.socket | None: ...
-
-    def _request_verdict(self, command: Command, target: Address) -> Verdict | None: ...
-
-    def _reply(
-        self,
-        transport: asyncio.Transport,
-        reply: Reply,
-        record: ConnectionRecord,
-        bound: Address | None = None,
-    ) -> None: ...
-
-    def _deny(
-        self, transport: asyncio.Transport, record: ConnectionRecord, verdict: Verdict | None
-    ) -> None: ...
-
-    def _allows(self, command: Command, name: str | None, ip: str, port: int) -> bool: ...
 
 
 class HttpEntry:
@@ -85,7 +31,7 @@ class HttpEntry:
     _http: HttpExchange | None
 
     async def _serve_http(
-        self: _Client, transport: asyncio.Transport, record: ConnectionRecord, deadline: float
+        self: ClientParts, transport: asyncio.Transport, record: ConnectionRecord, deadline: float
     ) -> None:
         """An HTTP proxy client: its first request head before the handshake deadline, the
         RFC 1929 login's authenticator for its ``Proxy-Authorization: Basic``, the same
@@ -147,12 +93,12 @@ class HttpEntry:
         if record.outcome is Outcome.ERROR:  # not ended by a refused or failed request
             record.outcome = Outcome.CLOSED
 
-    def _same_login(self: _Client, request: ProxyRequest) -> bool:
+    def _same_login(self: ClientParts, request: ProxyRequest) -> bool:
         """A later request on a forwarding connection keeps its login: credentials absent
         (the connection is authenticated) or the same as the first request's."""
         return request.credentials is None or request.credentials == self._login
 
-    async def _open_origin(self: _Client, target: Address) -> socket.socket | None:
+    async def _open_origin(self: ClientParts, target: Address) -> socket.socket | None:
         """A connection to a forwarded request's origin, under the policy CONNECT has;
         None when refused or failed (the client has its 403, 502 or 504 then)."""
         record, transport = self.record, self._transport

@@ -5,11 +5,10 @@ ClientConnection."""
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from socksauth import protocol
-from socksauth.auth.authenticator import Authenticator, LoginRefusal, LoginResult
-from socksauth.config import Settings
+from socksauth.auth.authenticator import LoginRefusal, LoginResult
 from socksauth.connection_record import ConnectionRecord, Outcome
 from socksauth.errors import StoreUnavailable
 from socksauth.logs import get_logger
@@ -26,15 +25,14 @@ from socksauth.protocol import (
     LocalProtocolError,
     MethodSelection,
     RemoteProtocolError,
-    ServerConnection,
 )
 from socksauth.protocol.detect import Kind
 from socksauth.protocol.events import ClientEvent
 from socksauth.protocol.proxy_header import HeaderKind, ProxyHeaderError
 from socksauth.server.egress import split_session
-from socksauth.server.handshake import HandshakeProtocol
-from socksauth.server.limits import ClientSlot
-from socksauth.store.interfaces import UserRecord
+
+if TYPE_CHECKING:
+    from socksauth.server.client_parts import ClientParts
 
 # The handshake logs as the client connection it serves.
 client_log = get_logger("client")
@@ -46,29 +44,10 @@ _OUTCOME_BY_REFUSAL = {
 }
 
 
-class _Client(Protocol):
-    """What the SOCKS5 handshake uses of its ClientConnection (server/client.py)."""
-
-    _settings: Settings
-    _authenticator: Authenticator
-    _conn: ServerConnection
-    _slot: ClientSlot | None
-    _session: str | None
-    _load_balancer_check: bool
-    protocol: HandshakeProtocol
-    user: UserRecord | None
-
-    async def _next_event(self) -> ClientEvent: ...
-
-    def _login_refused(
-        self, record: ConnectionRecord, account: str, result: LoginResult
-    ) -> None: ...
-
-
 class Socks5Handshake:
     """The SOCKS5 handshake and login, a part of ClientConnection."""
 
-    async def _next_event(self: _Client) -> ClientEvent:
+    async def _next_event(self: ClientParts) -> ClientEvent:
         while True:
             event = self._conn.next_event()
             if event is NEED_DATA:
@@ -78,7 +57,9 @@ class Socks5Handshake:
                 raise LocalProtocolError("the handshake waits for our message, not the client's")
             return event
 
-    async def _take_proxy_header(self: _Client, record: ConnectionRecord, deadline: float) -> bool:
+    async def _take_proxy_header(
+        self: ClientParts, record: ConnectionRecord, deadline: float
+    ) -> bool:
         """From a load balancer (proxy_protocol_networks), read its PROXY header before
         anything else, and let the client address it names stand for the peer; False when
         the load balancer closed without a header (a TCP health check).
@@ -107,7 +88,7 @@ class Socks5Handshake:
         return True
 
     async def _handshake(
-        self: _Client,
+        self: ClientParts,
         transport: asyncio.Transport,
         client_host: str,
         record: ConnectionRecord,
@@ -188,7 +169,7 @@ class Socks5Handshake:
             return request
 
     def _login_refused(
-        self: _Client, record: ConnectionRecord, account: str, result: LoginResult
+        self: ClientParts, record: ConnectionRecord, account: str, result: LoginResult
     ) -> None:
         """Audit and log a refused login by its reason (the client was told the same)."""
         if result.wrong_network:

@@ -20,9 +20,8 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, cast
 
-from socksauth.config import Settings
 from socksauth.connection_record import ConnectionRecord, Outcome
 from socksauth.logs import get_logger
 from socksauth.protocol import (
@@ -31,19 +30,18 @@ from socksauth.protocol import (
     Command,
     RemoteProtocolError,
     Reply,
-    ServerConnection,
     UdpHeader,
     parse_datagram,
 )
-from socksauth.server.access import Access
-from socksauth.server.egress import Egress
 from socksauth.server.outbound import (
     EgressUnavailable,
     bind_source,
     has_egress_failure,
     reply_for_error,
 )
-from socksauth.store.interfaces import UserRecord
+
+if TYPE_CHECKING:
+    from socksauth.server.client_parts import ClientParts
 
 log = get_logger("udp")
 # The UDP ASSOCIATE handler logs as the client connection it serves.
@@ -456,39 +454,13 @@ class UdpAssociation:
             self.counters.dropped[reason] += count
 
 
-class _Client(Protocol):
-    """What the UDP ASSOCIATE handler uses of its ClientConnection (server/client.py)."""
-
-    _settings: Settings
-    _access: Access
-    _conn: ServerConnection
-    user: UserRecord | None
-    association: UdpAssociation | None
-
-    def _reply(
-        self,
-        transport: asyncio.Transport,
-        reply: Reply,
-        record: ConnectionRecord,
-        bound: Address | None = None,
-    ) -> None: ...
-
-    def _allows(self, command: Command, name: str | None, ip: str, port: int) -> bool: ...
-
-    def _egress(self) -> Egress | None: ...
-
-    def _datagram_allowed(self, target: Address) -> bool: ...
-
-    def _resolved_datagram_allowed(self, name: str, ip: str, port: int) -> bool: ...
-
-
 class UdpCommand:
     """The UDP ASSOCIATE request (RFC 1928 §7), a part of ClientConnection."""
 
     association: UdpAssociation | None
 
     async def _associate(
-        self: _Client, transport: asyncio.Transport, declared: Address, record: ConnectionRecord
+        self: ClientParts, transport: asyncio.Transport, declared: Address, record: ConnectionRecord
     ) -> None:
         """RFC 1928 §7 UDP ASSOCIATE: open the relay, reply with its address, relay until the
         control connection closes or the association is idle too long."""
@@ -532,7 +504,7 @@ class UdpCommand:
             record.bytes_to_client = counters.bytes_to_client
             record.datagrams_dropped = counters.dropped_total
 
-    def _datagram_allowed(self: _Client, target: Address) -> bool:
+    def _datagram_allowed(self: ClientParts, target: Address) -> bool:
         """The policy for one datagram's destination (command udp). A name is checked as a
         name here; the association checks the address it resolves to as well."""
         username = None if self.user is None else self.user.username
@@ -541,5 +513,5 @@ class UdpCommand:
         )
         return verdict.allowed
 
-    def _resolved_datagram_allowed(self: _Client, name: str, ip: str, port: int) -> bool:
+    def _resolved_datagram_allowed(self: ClientParts, name: str, ip: str, port: int) -> bool:
         return self._allows(Command.UDP_ASSOCIATE, name, ip, port)
