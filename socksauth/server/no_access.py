@@ -57,7 +57,7 @@ class _StartedSlot(ClientSlot):
     def __init__(self) -> None:  # not ClientSlot's: there are no counts to leave
         self.started = True
 
-    def authenticated(self) -> None:
+    def leave_handshake(self) -> None:
         pass
 
     def release(self) -> None:
