@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from socksauth.auth.user_cache import UserCache
+from socksauth.auth.user_cache import LOOKUPS_AT_ONCE, UserCache
+from socksauth.store.interfaces import UserRecord
 from socksauth.store.models import UserRow
 from socksauth.store.users import SqlUserStore
 
@@ -74,3 +75,38 @@ async def test_a_rehash_and_login_times_pass_through(engine: AsyncEngine) -> Non
     await cache.record_logins({"alice": datetime(2026, 11, 24, tzinfo=UTC)})
     stored = await store.get_user("alice")
     assert stored is not None and stored.last_login_at == datetime(2026, 11, 24, tzinfo=UTC)
+
+
+class CountingStore(SqlUserStore):
+    """The real store, counting the lookups in flight at once."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.lookups = 0
+
+    async def get_user(self, username: str) -> UserRecord | None:
+        self.in_flight += 1
+        self.lookups += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.005)  # a store that takes its time: lookups overlap
+            return await super().get_user(username)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_storm_of_cold_lookups_reaches_the_store_a_few_at_a_time_once_per_name(
+    engine: AsyncEngine,
+) -> None:
+    store = CountingStore(engine)
+    for index in range(20):
+        await store.add_user(f"u{index}", "$argon2id$x")
+    cache = UserCache(store)
+    names = [f"u{index % 20}" for index in range(100)]  # 100 logins of 20 accounts at once
+    records = await asyncio.gather(*(cache.get_user(name) for name in names))
+    assert all(record is not None for record in records)
+    assert store.most_in_flight == LOOKUPS_AT_ONCE
+    # A login that waited behind a lookup of its own name uses that answer.
+    assert store.lookups == 20
