@@ -15,6 +15,7 @@ from socksauth.server.outbound import (
     ResolvedAddress,
     has_egress_failure,
     reply_for_error,
+    transport_on,
 )
 from socksauth.server.relay import Relay
 from socksauth.server.udp import normalise_host
@@ -84,13 +85,7 @@ class ConnectCommand:
         """Reply success, then hand the client and ``sock`` (BIND's peer) to a relay; run()
         waits for it to end."""
         relay = self._new_relay()
-        try:
-            target_transport, _ = await asyncio.get_running_loop().create_connection(
-                lambda: relay.target_protocol, sock=sock
-            )
-        except BaseException:
-            sock.close()
-            raise
+        target_transport = await transport_on(sock, lambda: relay.target_protocol)
         self._relay_tunnel(
             transport,
             relay,

@@ -160,12 +160,7 @@ class Dialer:
                     raise ConnectFailed(str(target), [failure]) from None
                 return transport
             sock = await happy_eyeballs(addresses, str(target), sources)
-        try:
-            transport, _ = await loop.create_connection(protocol_factory, sock=sock)
-        except BaseException:
-            sock.close()
-            raise
-        return transport
+        return await transport_on(sock, protocol_factory)
 
     async def _candidates(
         self,
@@ -198,6 +193,21 @@ class Dialer:
                 [OSError(errno.EAFNOSUPPORT, "no egress address of the target's family")],
             )
         return reachable, sources
+
+
+async def transport_on(
+    sock: socket.socket, protocol_factory: Callable[[], asyncio.BaseProtocol]
+) -> asyncio.Transport:
+    """A transport with ``protocol_factory``'s protocol over connected ``sock`` (a Happy
+    Eyeballs winner, BIND's peer); ``sock`` is closed if that fails."""
+    try:
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            protocol_factory, sock=sock
+        )
+    except BaseException:
+        sock.close()
+        raise
+    return transport
 
 
 def _scoped(address: ResolvedAddress) -> bool:
