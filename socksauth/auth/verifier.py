@@ -133,7 +133,7 @@ class Verifier:
         flight = self._flights.get(key)
         if flight is None or flight.task.done() or flight.task.cancelling():
             verification = self._in_turn(
-                password, stored_hash, client_host, username, delayed_seconds
+                password, stored_hash, client_host, address, username, delayed_seconds
             )
             flight = self._flights[key] = _Flight(asyncio.ensure_future(verification))
             flight.task.add_done_callback(functools.partial(self._landed, key, flight))
@@ -153,10 +153,12 @@ class Verifier:
         password: str,
         stored_hash: str,
         client_host: str,
+        address: str,
         username: str,
         delayed_seconds: float,
     ) -> bool | NotVerified:
-        await self._turns.acquire(address_key(client_host))
+        """``address``: ``client_host``'s address_key (the unit turns go round)."""
+        await self._turns.acquire(address)
         try:
             admission = self._admit(client_host, username)
             if admission.locked:

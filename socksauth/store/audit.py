@@ -219,14 +219,10 @@ def _compiled(statement: Any, dialect: Dialect) -> _DriverStatement:
         convert = column_type.dialect_impl(dialect).bind_processor(dialect)
         if column_type.python_type is datetime:
             # Every instant goes in as UTC (store/times.py), then as the dialect stores it.
-            convert = _to_utc if convert is None else _then(_to_utc, convert)
+            convert = to_utc if convert is None else _then(to_utc, convert)
         if convert is not None:
             conversions.append((index, convert))
     return _DriverStatement(str(compiled), names, tuple(conversions))
-
-
-def _to_utc(value: Any) -> Any:
-    return to_utc(value)
 
 
 def _then(first: Callable[[Any], Any], second: Callable[[Any], Any]) -> Callable[[Any], Any]:
